@@ -1,0 +1,84 @@
+import torch
+
+from vq3d.losses.depth import depth_loss, normalize_disparity, scale_loss, solve_scale_shift
+
+
+def test_closed_form_matches_generic_weighted_least_squares():
+    g = torch.Generator().manual_seed(0)
+    W = torch.rand(3, 20, 6, generator=g, dtype=torch.float64)
+    D = torch.rand(3, 20, 6, generator=g, dtype=torch.float64)
+    d = torch.rand(3, 20, generator=g, dtype=torch.float64)
+    s, t = solve_scale_shift(W, D, d)
+    for b in range(3):
+        A = torch.stack([D[b].flatten(), torch.ones(120, dtype=torch.float64)], dim=1)
+        sw = W[b].flatten().sqrt()
+        y = d[b][:, None].expand(20, 6).flatten()
+        sol = torch.linalg.lstsq(A * sw[:, None], (y * sw)[:, None]).solution.flatten()
+        assert torch.allclose(torch.stack([s[b], t[b]]), sol, atol=1e-9)
+
+
+def one_surface(B=2, N=30, L=8, seed=0):
+    """Each ray puts all weight on one sample whose disparity is known."""
+    g = torch.Generator().manual_seed(seed)
+    D = torch.rand(B, N, L, generator=g, dtype=torch.float64)
+    hit = torch.randint(L, (B, N), generator=g)
+    W = torch.nn.functional.one_hot(hit, L).to(torch.float64)
+    surface = torch.gather(D, 2, hit[..., None])[..., 0]
+    return W, D, surface
+
+
+def test_zero_for_perfect_one_surface_prediction_up_to_scale_and_shift():
+    W, D, surface = one_surface()
+    target = 2.5 * surface - 0.3
+    loss, s, t = depth_loss(W, D, target)
+    assert loss.abs() < 1e-12
+    assert torch.allclose(s, torch.full_like(s, 2.5)) and torch.allclose(t, torch.full_like(t, -0.3))
+
+
+def test_invariant_to_scale_and_shift_of_the_target():
+    g = torch.Generator().manual_seed(1)
+    W = torch.rand(2, 25, 5, generator=g, dtype=torch.float64)
+    D = torch.rand(2, 25, 5, generator=g, dtype=torch.float64)
+    d = torch.rand(2, 25, generator=g, dtype=torch.float64)
+    base, _, _ = depth_loss(W, D, d)
+    scaled, _, _ = depth_loss(W, D, 3.0 * d + 7.0)
+    # Eq. 2's residual scales with the target: invariant after dividing by the scale squared
+    assert torch.allclose(scaled / 9.0, base)
+    shifted, _, _ = depth_loss(W, D, d + 4.0)
+    assert torch.allclose(shifted, base)
+
+
+def test_spread_weights_are_penalised_more_than_concentrated_ones():
+    W, D, surface = one_surface(seed=2)
+    spread = torch.full_like(W, 1.0 / W.shape[-1])
+    concentrated, _, _ = depth_loss(W, D, surface)
+    diffuse, _, _ = depth_loss(spread, D, surface)
+    assert diffuse > concentrated + 1e-3
+
+
+def test_gradient_through_st_is_configurable():
+    W, D, surface = one_surface(seed=3)
+    W = (0.5 * W + 0.5 / W.shape[-1]).requires_grad_(True)
+    loss_with, s_with, _ = depth_loss(W, D, 2.0 * surface, grad_through_st=True)
+    loss_without, s_without, _ = depth_loss(W, D, 2.0 * surface, grad_through_st=False)
+    # s*, t* minimise Eq. 1, so the depth loss's own gradient through them vanishes
+    # (envelope theorem) ...
+    g_with = torch.autograd.grad(loss_with, W, retain_graph=True)[0]
+    g_without = torch.autograd.grad(loss_without, W, retain_graph=True)[0]
+    assert torch.allclose(g_with, g_without, atol=1e-10)
+    # ... but the scale loss (Eq. 3) reaches the weights only through s*.
+    assert s_with.requires_grad and not s_without.requires_grad
+    g_scale = torch.autograd.grad(scale_loss(s_with, 1.0), W)[0]
+    assert g_scale.abs().sum() > 0
+
+
+def test_scale_loss_terms():
+    s = torch.tensor([-0.5, 0.5, 2.0])
+    # relu(-s) + lambda * relu(s - 1): [0.5, 0, lambda * 1]
+    assert torch.allclose(scale_loss(s, small_scale=0.1), torch.tensor((0.5 + 0.0 + 0.1) / 3))
+
+
+def test_normalize_disparity_per_image():
+    x = torch.tensor([[[1.0, 3.0]], [[2.0, 2.5]]])
+    n = normalize_disparity(x)
+    assert torch.allclose(n, torch.tensor([[[0.0, 1.0]], [[0.0, 1.0]]]))

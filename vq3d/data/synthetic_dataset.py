@@ -1,0 +1,144 @@
+"""Read the synthetic dataset back (`SyntheticDataset`) and draw its contact sheet.
+
+    ds = SyntheticDataset("runs/demo/data", split="train")
+    item = ds[0]   # image (3,H,W) in [-1,1], depth/disparity (1,H,W), label, novel views, cameras
+
+Splits are fixed by scene index (`synthetic_writer.split_of`: every 10th scene is "test"), so
+a dataset that grows keeps its held-out scenes held out.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+from torch import Tensor
+
+from vq3d.data.synthetic_writer import read_card, read_manifest, write_bytes
+from vq3d.errors import UserError
+
+SPLITS = ("train", "test")
+
+
+class SyntheticDataset(torch.utils.data.Dataset):
+    """Scenes of a folder written by `vq3d synth`, optionally one split ("train" or "test").
+
+    Each item is a dict:
+      image (3, H, W) float in [-1, 1]; depth (1, H, W) ray distance; disparity (1, H, W) = 1/depth
+      label int (index into `class_names`); index int (scene index)
+      novel_images (K, 3, H, W); novel_depths (K, 1, H, W); novel_c2w (K, 4, 4)
+      c2w (4, 4) the canonical camera; fov_deg float
+    """
+
+    def __init__(self, root: str | Path, split: str | None = None) -> None:
+        if split not in (None, *SPLITS):
+            raise UserError(f"split {split!r} is not one of {', '.join(SPLITS)} (or None for every scene)")
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise UserError(f"dataset folder {self.root} does not exist; "
+                            f"create it with `vq3d synth --out {self.root} ...`")
+        self.card: dict[str, Any] = read_card(self.root)
+        self.class_names: list[str] = list(self.card["classes"])
+        self.resolution: int = int(self.card["resolution"])
+        self.views: int = int(self.card["views"])
+        self.fov_deg: float = float(self.card["fov_deg"])
+        records = read_manifest(self.root, self.views, check_files=False)
+        self.records = [r for r in records if split is None or r["split"] == split]
+        if not self.records:
+            which = f"{split} scenes" if split else "scenes"
+            raise UserError(f"{self.root} has no {which} yet ({len(records)} scenes in all; every "
+                            f"{self.card['test_every']}th is a test scene); "
+                            "generate more with `vq3d synth --n`")
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def _path(self, rel: str) -> Path:
+        path = self.root / rel
+        if not path.is_file():
+            raise UserError(f"{path} is missing; regenerate the dataset with `vq3d synth`")
+        return path
+
+    def _image(self, rel: str) -> Tensor:
+        with Image.open(self._path(rel)) as img:
+            array = np.asarray(img.convert("RGB"))
+        return torch.from_numpy(array.copy()).permute(2, 0, 1).float() / 127.5 - 1.0  # (3, H, W)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        record = self.records[i]
+        depth = torch.from_numpy(np.load(self._path(record["depth"])))  # (1 + K, H, W) float32
+        images = [self._image(rel) for rel in [record["image"], *record["novel_images"]]]
+        novel_c2w = torch.tensor(record["novel_c2w"], dtype=torch.float32).reshape(-1, 4, 4)
+        return {
+            "image": images[0],
+            "depth": depth[:1],
+            "disparity": 1.0 / depth[:1],
+            "label": int(record["label"]),
+            "index": int(record["index"]),
+            "novel_images": torch.stack(images[1:]) if len(images) > 1 else torch.zeros(0, *images[0].shape),
+            "novel_depths": depth[1:, None],
+            "novel_c2w": novel_c2w,
+            "c2w": torch.tensor(record["c2w"], dtype=torch.float32),
+            "fov_deg": float(record["fov_deg"]),
+        }
+
+
+# ----------------------------------------------------------------------------- contact sheet
+
+# an approximation of matplotlib's "inferno" colormap: control points at 0, 1/7, ..., 1
+_INFERNO = np.array([[0, 0, 4], [40, 11, 84], [101, 21, 110], [159, 42, 99], [212, 72, 66],
+                     [245, 125, 21], [250, 193, 39], [252, 255, 164]], dtype=np.float64)
+
+
+def colorize_disparity(disparity: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """Disparity (..., H, W) -> uint8 RGB (..., H, W, 3): near (high disparity) bright."""
+    x = np.clip((disparity - lo) / max(hi - lo, 1e-12), 0.0, 1.0) * (len(_INFERNO) - 1)
+    low = np.minimum(np.floor(x).astype(np.int64), len(_INFERNO) - 2)
+    frac = (x - low)[..., None]
+    return np.round(_INFERNO[low] * (1 - frac) + _INFERNO[low + 1] * frac).astype(np.uint8)
+
+
+def contact_sheet(dataset: SyntheticDataset, rows: int = 8, tile: int = 96) -> Image.Image:
+    """One row per scene: canonical image | its depth | novel views | their depths.
+
+    Depths are shown as disparity with one colour scale per row (the canonical view's range),
+    so colours compare across the row's views. Tiles are upscaled (nearest) to >= `tile` px.
+    """
+    rows = min(rows, len(dataset))
+    res, views = dataset.resolution, dataset.views
+    scale = max(1, math.ceil(tile / res))
+    size, gap = res * scale, 2
+    cols = 2 + 2 * views
+    width, height = cols * size + (cols + 1) * gap + 2 * gap, rows * size + (rows + 1) * gap
+    sheet = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(sheet)
+    for row in range(rows):
+        item = dataset[row]
+        images = torch.cat([item["image"][None], item["novel_images"]])
+        rgb = ((images.permute(0, 2, 3, 1).numpy() + 1.0) * 127.5).round().clip(0, 255).astype(np.uint8)
+        disparity = 1.0 / torch.cat([item["depth"], item["novel_depths"][:, 0]]).numpy()
+        depth_rgb = colorize_disparity(disparity, float(disparity[0].min()), float(disparity[0].max()))
+        tiles = [rgb[0], depth_rgb[0], *rgb[1:], *depth_rgb[1:]]
+        y = gap + row * (size + gap)
+        for col, tile_image in enumerate(tiles):
+            x = gap + col * (size + gap) + (2 * gap if col >= 2 else 0)  # wider gap after the canonical pair
+            sheet.paste(Image.fromarray(tile_image).resize((size, size), Image.NEAREST), (x, y))
+        label = f"{item['index']}: {dataset.class_names[item['label']]}"
+        draw.rectangle([gap, y, gap + 6 * len(label) + 3, y + 11], fill="black")
+        draw.text((gap + 2, y), label, fill="white")
+    return sheet
+
+
+def write_contact_sheet(root: str | Path, path: str | Path, rows: int = 8) -> Path:
+    """Write the contact sheet of the first `rows` scenes of `root` as a PNG (atomically)."""
+    if rows < 1:
+        raise UserError(f"--contact-sheet-rows {rows}: need at least one row")
+    buffer = io.BytesIO()
+    contact_sheet(SyntheticDataset(root), rows).save(buffer, format="PNG")
+    write_bytes(path, buffer.getvalue())
+    return Path(path)

@@ -1,0 +1,79 @@
+"""`vq3d eval stage1`: Stage-1 quality on held-out synthetic scenes against ground truth.
+
+Reported (one JSON object):
+- psnr: canonical reconstruction vs the input image (dB);
+- depth_accuracy: the paper's metric (rendered depth vs ground-truth depth, each normalized to
+  zero mean and unit variance per image, then MSE);
+- novel_view_psnr: renders at the dataset's novel cameras vs their ground-truth images;
+- copy_baseline_psnr: the input image itself scored against the same novel views (what a model
+  without 3D would get);
+- disparity_scale: mean s* of Eq. 1 against the per-image normalized ground-truth disparity;
+- codebook_usage: fraction of codes used over the evaluated scenes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from vq3d.errors import UserError
+from vq3d.eval.metrics import depth_accuracy, psnr, ssim
+from vq3d.losses.depth import normalize_disparity, solve_scale_shift
+from vq3d.render.cameras import Cameras
+from vq3d.train.runs import load_stage1
+
+
+@torch.no_grad()
+def evaluate_stage1(run_dir: str | Path, data_path: str | Path, split: str = "test", max_scenes: int = 0,
+                    batch_size: int = 16, device: str = "cpu", use_ema: bool = True) -> dict[str, float]:
+    """Metrics of the run's Stage-1 model on a synthetic dataset's `split` (see module docstring)."""
+    from vq3d.data.loader import is_synthetic_root
+    from vq3d.data.synthetic_dataset import SyntheticDataset
+
+    if not is_synthetic_root(data_path):
+        raise UserError(f"{data_path} is not a synthetic dataset: `eval stage1` needs ground-truth "
+                        "depth and novel views (make one with `vq3d synth`)")
+    model, cfg = load_stage1(run_dir, device, use_ema=use_ema)
+    dataset = SyntheticDataset(data_path, split=split)
+    if len(dataset) == 0:
+        raise UserError(f"the '{split}' split of {data_path} is empty")
+    if max_scenes:
+        dataset = torch.utils.data.Subset(dataset, range(min(max_scenes, len(dataset))))
+    res = model.resolution
+    sums: dict[str, float] = {}
+    counts: dict[str, int] = {}
+    used = torch.zeros(cfg.model.codebook_size, dtype=torch.bool)
+
+    def add(name: str, values: torch.Tensor) -> None:
+        sums[name] = sums.get(name, 0.0) + float(values.double().sum())
+        counts[name] = counts.get(name, 0) + values.numel()
+
+    for batch in tqdm(DataLoader(dataset, batch_size=batch_size), desc="eval stage1", leave=False):
+        images = batch["image"].to(device)
+        if images.shape[-1] != res:
+            raise UserError(f"the dataset is {images.shape[-1]}px but the model was trained at {res}px")
+        quant = model.quantize(images)
+        used[quant.ids.flatten().cpu()] = True
+        scene = model.decode_codes(quant.codes)
+        canon = model.render(scene, model.canonical_cameras(images.shape[0], device))
+        add("psnr", psnr(canon.rgb, images, reduction="none"))
+        add("ssim", ssim(canon.rgb, images, reduction="none") if res >= 11 else torch.empty(0))
+        gt_depth = batch["depth"].to(device)
+        add("depth_accuracy", depth_accuracy(canon.depth, gt_depth, reduction="none"))
+        target = normalize_disparity(1.0 / gt_depth).flatten(1)
+        s, _ = solve_scale_shift(canon.weights, canon.sample_disparity, target)
+        add("disparity_scale", s)
+        novel_images, novel_c2w = batch["novel_images"].to(device), batch["novel_c2w"].to(device)
+        for k in range(novel_images.shape[1]):
+            novel = model.render(scene, Cameras(novel_c2w[:, k], cfg.render.fov_deg))
+            add("novel_view_psnr", psnr(novel.rgb, novel_images[:, k], reduction="none"))
+            add("copy_baseline_psnr", psnr(images, novel_images[:, k], reduction="none"))
+            add("novel_depth_accuracy",
+                depth_accuracy(novel.depth, batch["novel_depths"][:, k].to(device), reduction="none"))
+    metrics = {name: sums[name] / counts[name] for name in sums if counts[name]}
+    metrics["codebook_usage"] = float(used.float().mean())
+    metrics["scenes"] = len(dataset)
+    return metrics

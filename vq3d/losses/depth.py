@@ -1,0 +1,74 @@
+"""The paper's pointwise, weighted, scale- and shift-invariant depth loss (Eq. 1-2) and the
+scale loss (Eq. 3).
+
+For one image with pixels i = 1..N and NeRF samples k = 1..L, D_ik is the inverse depth
+(disparity) of sample k on ray i, W_ik its volume-rendering weight and d_i the pseudo-GT
+disparity. Eq. 1 solves the weighted least squares
+
+    s*, t* = argmin_{s,t} 1/N sum_i sum_k W_ik (s D_ik + t - d_i)^2
+
+in closed form from the 2x2 normal equations, and Eq. 2 is the weighted residual at (s*, t*).
+Supervising every sample's weight (not the accumulated depth) makes the loss behave like a
+distortion loss that pulls the weight onto the pseudo-GT surface.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def solve_scale_shift(weights: Tensor, sample_disparity: Tensor, target: Tensor,
+                      eps: float = 1e-8) -> tuple[Tensor, Tensor]:
+    """Closed-form s*, t* of Eq. 1 per image.
+
+    weights, sample_disparity: (B, N, L); target: (B, N). Returns s*, t*: (B,).
+    Normal equations: [sum W D^2, sum W D; sum W D, sum W] [s; t] = [sum W D d; sum W d].
+    """
+    W, D, d = weights, sample_disparity, target[..., None]
+    a = (W * D * D).sum(dim=(1, 2))
+    b = (W * D).sum(dim=(1, 2))
+    c = W.sum(dim=(1, 2))
+    e = (W * D * d).sum(dim=(1, 2))
+    f = (W * d).sum(dim=(1, 2))
+    det = a * c - b * b
+    det = torch.where(det.abs() < eps, torch.full_like(det, eps), det)
+    s = (c * e - b * f) / det
+    t = (a * f - b * e) / det
+    return s, t
+
+
+def depth_loss(weights: Tensor, sample_disparity: Tensor, target: Tensor,
+               grad_through_st: bool = True, mask: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """Eq. 2 averaged over the batch; also returns s*, t* (B,) for Eq. 3 and logging.
+
+    weights, sample_disparity: (B, N, L); target: (B, N) pseudo-GT disparity; mask: optional
+    (B, N) of pixels to use. With `grad_through_st=False` s*, t* are treated as constants.
+    """
+    if mask is not None:
+        weights = weights * mask[..., None].to(weights.dtype)
+    s, t = solve_scale_shift(weights, sample_disparity, target)
+    if not grad_through_st:
+        s, t = s.detach(), t.detach()
+    residual = s[:, None, None] * sample_disparity + t[:, None, None] - target[..., None]
+    n_pixels = weights.shape[1] if mask is None else mask.sum(dim=1).clamp_min(1)
+    per_image = (weights * residual.square()).sum(dim=(1, 2)) / n_pixels
+    return per_image.mean(), s, t
+
+
+def scale_loss(s: Tensor, small_scale: float) -> Tensor:
+    """Eq. 3: max(0, -s*) + lambda_smallscale * max(s* - 1, 0), averaged over the batch.
+
+    The first term keeps the disparity scale from flipping sign; the second keeps rendered
+    disparity from becoming flatter than the target (perceptually flat novel views).
+    """
+    return (F.relu(-s) + small_scale * F.relu(s - 1.0)).mean()
+
+
+def normalize_disparity(disparity: Tensor) -> Tensor:
+    """Per-image min-max normalization to [0, 1] (the pseudo-GT convention); (B, ...) -> same."""
+    flat = disparity.flatten(1)
+    lo = flat.min(dim=1).values.view(-1, *[1] * (disparity.dim() - 1))
+    hi = flat.max(dim=1).values.view(-1, *[1] * (disparity.dim() - 1))
+    return (disparity - lo) / (hi - lo).clamp_min(1e-8)

@@ -1,0 +1,137 @@
+"""The Stage-1 objective, Eq. 4 of the paper:
+
+    L = L_MSE + l_percep L_percep + l_loglap L_loglap + l_gan L_gan + l_depth L_depth
+        + l_scale L_scale + l_vq L_vq + l_distort L_distort + l_interlevel L_interlevel
+
+`generator_losses` returns every term (unweighted) and the weighted total; the discriminators'
+losses are in `discriminator_losses`. The novel-view discriminator sees [rgb, depth] and its
+"real" side is the canonical reconstruction, detached (the paper's stop-grad, Sec. 3.2).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+
+from vq3d.config import LossConfig, RenderConfig
+from vq3d.losses.depth import depth_loss, normalize_disparity, scale_loss
+from vq3d.losses.gan import discriminator_loss, generator_loss, r1_penalty
+from vq3d.losses.nerf import distortion_loss, interlevel_loss
+from vq3d.losses.reconstruction import LogitLaplaceLoss, mse_loss
+from vq3d.models.quantizer import QuantizerOutput
+from vq3d.render.renderer import RenderOutput
+
+
+def depth_channel(disparity: Tensor, near: float) -> Tensor:
+    """Disparity (B, 1, H, W) as a discriminator input channel in [-1, 1] (near plane -> 1)."""
+    return (disparity * near).clamp(0.0, 1.0) * 2.0 - 1.0
+
+
+def with_depth(render: RenderOutput, near: float) -> Tensor:
+    """[rgb, depth] (B, 4, H, W) for the novel-view discriminator."""
+    return torch.cat([render.rgb, depth_channel(render.disparity, near)], dim=1)
+
+
+def nerf_regularizers(render: RenderOutput) -> tuple[Tensor, Tensor]:
+    """Mip-NeRF 360's distortion and interlevel losses of one render."""
+    distortion = distortion_loss(render.weights, render.s_edges)
+    interlevel = interlevel_loss(render.weights, render.s_edges, render.proposal_weights,
+                                 render.proposal_s_edges)
+    return distortion, interlevel
+
+
+def gan_weight(loss_cfg: LossConfig, step: int) -> float:
+    """The GAN weight, ramped linearly from 0 over `gan_warmup_steps` (logged each step)."""
+    if loss_cfg.gan_warmup_steps <= 0:
+        return loss_cfg.gan
+    return loss_cfg.gan * min(1.0, (step + 1) / loss_cfg.gan_warmup_steps)
+
+
+def generator_losses(
+    images: Tensor,
+    target_disparity: Tensor | None,
+    quant: QuantizerOutput,
+    canonical: RenderOutput,
+    novel: RenderOutput | None,
+    loss_cfg: LossConfig,
+    render_cfg: RenderConfig,
+    logit_laplace: LogitLaplaceLoss,
+    perceptual: Callable[[Tensor, Tensor], Tensor] | None,
+    d_main: nn.Module | None,
+    d_novel: nn.Module | None,
+    step: int,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Eq. 4. images (B, 3, H, W) in [-1, 1]; target_disparity (B, 1, H, W) or None.
+
+    Returns (weighted total, {term: unweighted value, plus "s_star", "gan_weight"}).
+    """
+    c = loss_cfg
+    rgb = canonical.rgb
+    terms: dict[str, Tensor] = {"mse": mse_loss(rgb, images), "vq": quant.loss}
+    total = c.mse * terms["mse"] + c.vq * terms["vq"]
+    if c.logit_laplace:
+        terms["logit_laplace"] = logit_laplace(rgb, images)
+        total = total + c.logit_laplace * terms["logit_laplace"]
+    if c.perceptual and perceptual is not None:
+        terms["perceptual"] = perceptual(rgb, images).mean()
+        total = total + c.perceptual * terms["perceptual"]
+    if target_disparity is not None and (c.depth or c.scale):
+        target = normalize_disparity(target_disparity).flatten(1)  # (B, H*W)
+        terms["depth"], s, _ = depth_loss(canonical.weights, canonical.sample_disparity, target,
+                                          grad_through_st=c.depth_grad_through_st)
+        terms["scale"] = scale_loss(s, c.small_scale)
+        terms["s_star"] = s.detach().mean()
+        total = total + c.depth * terms["depth"] + c.scale * terms["scale"]
+    if c.distortion or c.interlevel:
+        renders = [canonical] + ([novel] if novel is not None else [])
+        regs = [nerf_regularizers(r) for r in renders]
+        terms["distortion"] = torch.stack([d for d, _ in regs]).mean()
+        terms["interlevel"] = torch.stack([i for _, i in regs]).mean()
+        total = total + c.distortion * terms["distortion"] + c.interlevel * terms["interlevel"]
+    weight = gan_weight(c, step)
+    if weight and d_main is not None:
+        terms["gan_main"] = generator_loss(d_main(rgb))
+        total = total + weight * terms["gan_main"]
+        if novel is not None and d_novel is not None:
+            terms["gan_novel"] = generator_loss(d_novel(with_depth(novel, render_cfg.near)))
+            total = total + weight * terms["gan_novel"]
+    terms["gan_weight"] = torch.tensor(weight)
+    return total, terms
+
+
+def discriminator_losses(
+    images: Tensor,
+    canonical: RenderOutput,
+    novel: RenderOutput | None,
+    d_main: nn.Module,
+    d_novel: nn.Module | None,
+    loss_cfg: LossConfig,
+    render_cfg: RenderConfig,
+    apply_r1: bool,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Both discriminators' non-saturating losses (+ lazy R1 on their real inputs).
+
+    Main: real images vs canonical reconstructions. Novel-view: canonical reconstruction with
+    its depth (detached: the stop-grad) vs novel-view renders with their depth.
+    """
+    terms: dict[str, Tensor] = {}
+    fake = canonical.rgb.detach()
+    terms["d_main"] = discriminator_loss(d_main(images), d_main(fake))
+    total = terms["d_main"]
+    real_novel = None
+    if novel is not None and d_novel is not None:
+        real_novel = with_depth(canonical, render_cfg.near).detach()
+        fake_novel = with_depth(novel, render_cfg.near).detach()
+        terms["d_novel"] = discriminator_loss(d_novel(real_novel), d_novel(fake_novel))
+        total = total + terms["d_novel"]
+    if apply_r1 and loss_cfg.r1_gamma > 0:
+        # Lazy regularisation (StyleGAN2): every r1_every steps, scaled by r1_every.
+        scale = loss_cfg.r1_gamma / 2.0 * loss_cfg.r1_every
+        terms["r1_main"] = r1_penalty(d_main, images)
+        total = total + scale * terms["r1_main"]
+        if real_novel is not None:
+            terms["r1_novel"] = r1_penalty(d_novel, real_novel)
+            total = total + scale * terms["r1_novel"]
+    return total, terms

@@ -1,0 +1,281 @@
+"""Stage-2 GPT: a decoder-only transformer over Stage-1 image tokens in raster order.
+
+The transformer's input stream is `x_0 = class (or start) embedding, x_p = embedding(ids[p-1])`
+for p >= 1, so the output at position t predicts image token `ids[t]`:
+
+    ids (B,T) --[class | ids[:, :-1]]--> embeddings + positions --N pre-norm blocks--> LN --> head
+      --> logits (B,T,V), logits[:, t] predicts ids[:, t]
+
+Class-conditional models give classes their OWN embedding table with `num_classes + 1` rows;
+the last row is the null class of classifier-free guidance (labels are replaced by it with
+probability `class_dropout` in training). Class and image ids never share a table (taming's
+class-conditional GPT offsets class ids into the image vocabulary; DESIGN.md pitfalls).
+Unconditional models (`num_classes = 0`) use one learned start embedding at position 0.
+
+Sizes follow ViT-VQGAN's VIM-Base for the paper preset (24 layers, width 1536, 16 heads, MLP 4x;
+the VQ3D paper: "We follow the hyperparameters in the base model of VIM"). The layout follows
+nanoGPT (pre-norm blocks, GELU MLP, learned positions, N(0, 0.02) init with residual projections
+scaled by 1/sqrt(2 * layers)). The output head is untied from the token embedding.
+
+`decode` runs the stream incrementally with a `KVCache` (preallocated per-layer key/value
+buffers), giving the same logits as the full forward pass; `vq3d.models.sampling` drives it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from vq3d.config import Stage2Config
+
+
+class KVCache:
+    """Keys and values of every layer for positions `[0, length)` of the input stream.
+
+    Buffers `(B, heads, max_len, head_dim)` are allocated on the first write of each layer with
+    the batch size, dtype and device of that write (so autocast dtypes work), then filled in place.
+    """
+
+    def __init__(self, num_layers: int, max_len: int):
+        self.max_len = max_len
+        self.length = 0  # positions already stored (the next write starts here)
+        self.keys: list[torch.Tensor | None] = [None] * num_layers
+        self.values: list[torch.Tensor | None] = [None] * num_layers
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store k, v (B, nh, S, hs) at positions [length, length+S); return all (B, nh, length+S, hs)."""
+        B, nh, S, hs = k.shape
+        end = self.length + S
+        if end > self.max_len:
+            raise ValueError(f"KV cache holds {self.max_len} positions; writing up to {end}")
+        if self.keys[layer] is None:
+            self.keys[layer] = k.new_zeros(B, nh, self.max_len, hs)
+            self.values[layer] = v.new_zeros(B, nh, self.max_len, hs)
+        keys, values = self.keys[layer], self.values[layer]
+        keys[:, :, self.length:end] = k
+        values[:, :, self.length:end] = v
+        return keys[:, :, :end], values[:, :, :end]
+
+    def advance(self, n: int) -> None:
+        """Mark n more positions as stored (called once per `GPT.decode`, after every layer)."""
+        self.length += n
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, width: int, heads: int, dropout: float, layer_index: int):
+        super().__init__()
+        if width % heads:
+            raise ValueError(f"stage2 width {width} is not divisible by heads {heads}")
+        self.heads = heads
+        self.dropout = dropout
+        self.layer_index = layer_index  # which KV-cache slot this layer uses
+        self.qkv = nn.Linear(width, 3 * width)
+        self.proj = nn.Linear(width, width)
+        self.proj_drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        """x (B, S, C) at stream positions [start, start+S), start = cache.length (0 without cache)."""
+        B, S, C = x.shape
+        q, k, v = self.qkv(x).split(C, dim=2)
+        q = q.view(B, S, self.heads, C // self.heads).transpose(1, 2)  # (B, nh, S, hs)
+        k = k.view(B, S, self.heads, C // self.heads).transpose(1, 2)
+        v = v.view(B, S, self.heads, C // self.heads).transpose(1, 2)
+        start = 0
+        if cache is not None:
+            start = cache.length
+            k, v = cache.update(self.layer_index, k, v)  # (B, nh, start+S, hs)
+        mask, is_causal = None, False
+        if start == 0:
+            is_causal = S > 1  # square causal mask
+        elif S > 1:
+            # queries at absolute positions start+i see keys j <= start+i (SDPA's is_causal
+            # would align the mask top-left, which is wrong when keys outnumber queries)
+            q_pos = torch.arange(start, start + S, device=x.device)[:, None]
+            mask = torch.arange(start + S, device=x.device)[None, :] <= q_pos  # (S, start+S)
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=is_causal,
+            dropout_p=self.dropout if self.training else 0.0,
+        )  # (B, nh, S, hs)
+        y = y.transpose(1, 2).reshape(B, S, C)
+        return self.proj_drop(self.proj(y))
+
+
+class MLP(nn.Module):
+    def __init__(self, width: int, hidden: int, dropout: float):
+        super().__init__()
+        self.fc = nn.Linear(width, hidden)
+        self.proj = nn.Linear(hidden, width)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop(self.proj(F.gelu(self.fc(x))))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + attn(LN(x)), then x + mlp(LN(x))."""
+
+    def __init__(self, cfg: Stage2Config, layer_index: int):
+        super().__init__()
+        self.ln1 = nn.LayerNorm(cfg.width)
+        self.attn = CausalSelfAttention(cfg.width, cfg.heads, cfg.dropout, layer_index)
+        self.ln2 = nn.LayerNorm(cfg.width)
+        self.mlp = MLP(cfg.width, cfg.mlp_ratio * cfg.width, cfg.dropout)
+
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln1(x), cache)
+        return x + self.mlp(self.ln2(x))
+
+
+class GPT(nn.Module):
+    """Next-image-token model. `GPT(vocab_size, seq_len, num_classes, cfg)`.
+
+    vocab_size: Stage-1 codebook size K. seq_len: image tokens per image (h*w). num_classes: 0 for
+    an unconditional model, else the number of classes (labels 0..num_classes-1; label
+    `num_classes` is the null class).
+    """
+
+    def __init__(self, vocab_size: int, seq_len: int, num_classes: int, cfg: Stage2Config):
+        super().__init__()
+        if vocab_size < 1 or seq_len < 1 or num_classes < 0:
+            raise ValueError(f"bad GPT sizes: vocab {vocab_size}, seq_len {seq_len}, classes {num_classes}")
+        self.vocab_size = vocab_size
+        self.seq_len = seq_len
+        self.num_classes = num_classes
+        self.class_dropout = cfg.class_dropout
+        self.num_layers = cfg.layers
+        width = cfg.width
+
+        self.tok_emb = nn.Embedding(vocab_size, width)  # image ids only
+        if num_classes > 0:
+            self.class_emb = nn.Embedding(num_classes + 1, width)  # last row: null class
+        else:
+            self.start_emb = nn.Parameter(torch.zeros(1, 1, width))
+        self.pos_emb = nn.Parameter(torch.zeros(1, seq_len, width))
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.layers))
+        self.ln_f = nn.LayerNorm(width)
+        self.head = nn.Linear(width, vocab_size, bias=False)
+        self._init_weights(cfg.layers)
+
+    @property
+    def null_class(self) -> int:
+        """Label of the null class (classifier-free guidance); only for conditional models."""
+        if self.num_classes == 0:
+            raise ValueError("an unconditional GPT has no null class")
+        return self.num_classes
+
+    @property
+    def conditional(self) -> bool:
+        return self.num_classes > 0
+
+    def spec(self) -> dict[str, int]:
+        """The constructor's sizes (store them beside a checkpoint's state dict)."""
+        return {"vocab_size": self.vocab_size, "seq_len": self.seq_len, "num_classes": self.num_classes}
+
+    def _init_weights(self, layers: int) -> None:
+        # nanoGPT / GPT-2: N(0, 0.02) everywhere, residual projections N(0, 0.02 / sqrt(2 L))
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.normal_(module.weight, std=0.02)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Embedding):
+                nn.init.normal_(module.weight, std=0.02)
+        for name, param in self.named_parameters():
+            if name.endswith("proj.weight"):
+                nn.init.normal_(param, std=0.02 / math.sqrt(2 * layers))
+        nn.init.normal_(self.pos_emb, std=0.02)
+        if not self.conditional:
+            nn.init.normal_(self.start_emb, std=0.02)
+
+    def new_cache(self, max_len: int | None = None) -> KVCache:
+        """An empty KV cache for up to `max_len` (default seq_len) stream positions."""
+        return KVCache(self.num_layers, max_len or self.seq_len)
+
+    def _check_labels(
+        self, labels: torch.Tensor | None, batch: int, device: torch.device
+    ) -> torch.Tensor | None:
+        if not self.conditional:
+            return None
+        if labels is None:  # a conditional model without labels samples from the null class
+            return torch.full((batch,), self.null_class, dtype=torch.long, device=device)
+        if labels.shape != (batch,):  # (values are checked in `sample`: no GPU sync per step here)
+            raise ValueError(f"labels must have shape ({batch},), got {tuple(labels.shape)}")
+        return labels
+
+    def decode(
+        self,
+        ids: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+        last_only: bool = False,
+    ) -> torch.Tensor:
+        """Append positions to the input stream and return their logits.
+
+        ids (B, S) long: image ids to append. If the stream is empty (no cache, or cache.length
+        == 0) the class/start embedding is prepended, so S+1 positions are processed and
+        `labels` (B,) is used; otherwise `labels` is ignored (the class sits in the cache).
+        Returns logits (B, S', V) for the processed positions (S' = S or S+1; the last one
+        predicts the next image id), or (B, 1, V) for the last position only if `last_only`.
+        """
+        B = ids.shape[0]
+        start = cache.length if cache is not None else 0
+        x = self.tok_emb(ids)  # (B, S, C)
+        if start == 0:
+            labels = self._check_labels(labels, B, ids.device)
+            first = self.class_emb(labels)[:, None] if self.conditional else self.start_emb.expand(B, 1, -1)
+            x = torch.cat([first.to(x.dtype), x], dim=1)  # (B, S+1, C)
+        S = x.shape[1]
+        if start + S > self.seq_len:
+            raise ValueError(f"stream length {start + S} exceeds seq_len {self.seq_len}")
+        x = self.drop(x + self.pos_emb[:, start:start + S])
+        for block in self.blocks:
+            x = block(x, cache)
+        if cache is not None:
+            cache.advance(S)
+        if last_only:
+            x = x[:, -1:]
+        return self.head(self.ln_f(x))  # (B, S', V)
+
+    def forward(
+        self, ids: torch.Tensor, labels: torch.Tensor | None = None, targets: torch.Tensor | None = None
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Teacher-forced logits: ids (B, T) long, labels (B,) long or None -> logits (B, T, V).
+
+        logits[:, t] predicts ids[:, t] from the class and ids[:, :t]. In train mode labels are
+        replaced by the null class with probability `class_dropout`. With `targets` (B, T) long
+        (usually `ids`; -1 entries are ignored) returns (logits, mean cross-entropy).
+        """
+        B, T = ids.shape
+        if T < 1:
+            raise ValueError("ids must hold at least one token")
+        if self.conditional and labels is not None and self.training and self.class_dropout > 0:
+            drop = torch.rand(B, device=ids.device) < self.class_dropout
+            labels = torch.where(drop, torch.full_like(labels, self.null_class), labels)
+        logits = self.decode(ids[:, :-1], labels)  # (B, T, V)
+        if targets is None:
+            return logits
+        flat_logits = logits.reshape(-1, self.vocab_size).float()
+        loss = F.cross_entropy(flat_logits, targets.reshape(-1), ignore_index=-1)
+        return logits, loss
+
+    def param_groups(self, weight_decay: float) -> list[dict]:
+        """AdamW groups (nanoGPT): decay matrices of linear layers; not biases, norms, embeddings."""
+        decay, no_decay = [], []
+        for module in self.modules():
+            for name, param in module.named_parameters(recurse=False):
+                (decay if isinstance(module, nn.Linear) and name == "weight" else no_decay).append(param)
+        return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module under `torch.compile` (its state dict has no `_orig_mod.` prefix); save this one."""
+    return getattr(model, "_orig_mod", model)
+
+
+def gpt_param_count(model: nn.Module, trainable_only: bool = False) -> int:
+    """Number of parameters (of the unwrapped model)."""
+    return sum(p.numel() for p in unwrap(model).parameters() if p.requires_grad or not trainable_only)

@@ -1,0 +1,127 @@
+"""Factorized, l2-normalized vector quantizer (ViT-VQGAN, Yu et al. 2021, Sec. 3.2).
+
+Encoder features are linearly projected to a low dimension (`codebook_dim`, 32 in the paper
+preset) and l2-normalized; codes are l2-normalized too, so the nearest code is the one with the
+largest cosine similarity. Gradients pass to the encoder with the straight-through estimator.
+
+VQ loss (van den Oord et al. 2017): ||sg(z) - e||^2 moves the codebook (weight 1) plus
+beta * ||z - sg(e)||^2, the encoder's commitment (beta = `commitment`, 0.25). Taming's default
+`legacy=True` swaps the two sides; we do not.
+
+Codes unused for `dead_code_steps` training steps are restarted from recent latents, so the
+codebook does not collapse.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+@dataclass
+class QuantizerOutput:
+    codes: Tensor  # (B, T, code_dim) quantized vectors with straight-through gradients
+    ids: Tensor  # (B, T) long
+    loss: Tensor  # scalar VQ loss (codebook + commitment)
+    latents: Tensor  # (B, T, code_dim) l2-normalized encoder latents (before quantization)
+    perplexity: Tensor  # scalar: exp(entropy) of this batch's code histogram
+
+
+class Quantizer(nn.Module):
+    def __init__(self, in_dim: int, codebook_size: int, codebook_dim: int, commitment: float,
+                 dead_code_steps: int) -> None:
+        super().__init__()
+        self.proj = nn.Linear(in_dim, codebook_dim)
+        self.codebook = nn.Embedding(codebook_size, codebook_dim)
+        nn.init.normal_(self.codebook.weight)
+        self.commitment = commitment
+        self.dead_code_steps = dead_code_steps
+        # Training steps since each code was last chosen (a buffer, so it is checkpointed).
+        self.register_buffer("steps_unused", torch.zeros(codebook_size, dtype=torch.long))
+
+    @property
+    def codebook_size(self) -> int:
+        return self.codebook.num_embeddings
+
+    def normalized_codebook(self) -> Tensor:
+        """(K, code_dim) unit-length codes."""
+        return F.normalize(self.codebook.weight, dim=-1)
+
+    def lookup(self, ids: Tensor) -> Tensor:
+        """ids (B, T) -> unit code vectors (B, T, code_dim)."""
+        return F.embedding(ids, self.normalized_codebook())
+
+    def forward(self, features: Tensor) -> QuantizerOutput:
+        """features (B, T, in_dim) -> QuantizerOutput."""
+        z = F.normalize(self.proj(features), dim=-1)  # (B, T, d)
+        codebook = self.normalized_codebook()  # (K, d)
+        with torch.no_grad():
+            ids = (z.detach().flatten(0, 1) @ codebook.t()).argmax(dim=-1).view(z.shape[:2])
+        e = F.embedding(ids, codebook)
+        codebook_loss = F.mse_loss(e, z.detach())
+        commitment_loss = F.mse_loss(z, e.detach())
+        loss = codebook_loss + self.commitment * commitment_loss
+        codes = z + (e - z).detach()  # straight-through
+        counts = torch.bincount(ids.flatten(), minlength=self.codebook_size).float()
+        probs = counts / counts.sum()
+        perplexity = torch.exp(-(probs * torch.log(probs.clamp_min(1e-10))).sum())
+        if self.training:
+            self._update_usage(counts)
+        return QuantizerOutput(codes, ids, loss, z, perplexity)
+
+    @torch.no_grad()
+    def _update_usage(self, counts: Tensor) -> None:
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(counts)
+        self.steps_unused += 1
+        self.steps_unused[counts > 0] = 0
+
+    @torch.no_grad()
+    def restart_dead_codes(self, latents: Tensor, generator: torch.Generator | None = None) -> int:
+        """Replace codes unused for `dead_code_steps` steps by random recent latents (N, d).
+
+        Under DDP every rank must call this with its latents; rank 0's choice is broadcast so
+        the codebooks stay identical. Returns the number of codes restarted.
+        """
+        dead = torch.nonzero(self.steps_unused >= self.dead_code_steps).flatten()
+        if dead.numel() == 0:
+            return 0
+        latents = latents.detach().reshape(-1, latents.shape[-1])
+        pick = torch.randint(latents.shape[0], (dead.numel(),), generator=generator, device="cpu")
+        new = latents[pick.to(latents.device)] + 0.01 * torch.randn(
+            dead.numel(), latents.shape[-1], generator=generator).to(latents.device)
+        new = F.normalize(new, dim=-1).to(self.codebook.weight.dtype)
+        if dist.is_available() and dist.is_initialized():
+            dist.broadcast(new, src=0)
+        self.codebook.weight[dead] = new
+        self.steps_unused[dead] = 0
+        return int(dead.numel())
+
+
+class CodebookUsage:
+    """Unique codes used over a sliding window of the most recent `window` ids (DESIGN.md)."""
+
+    def __init__(self, codebook_size: int, window: int = 65536) -> None:
+        self.codebook_size = codebook_size
+        self.buffer = torch.full((window,), -1, dtype=torch.long)
+        self.position = 0
+
+    def update(self, ids: Tensor) -> None:
+        ids = ids.detach().flatten().cpu()[-self.buffer.numel():]
+        n = ids.numel()
+        end = self.position + n
+        if end <= self.buffer.numel():
+            self.buffer[self.position:end] = ids
+        else:
+            split = self.buffer.numel() - self.position
+            self.buffer[self.position:] = ids[:split]
+            self.buffer[: n - split] = ids[split:]
+        self.position = end % self.buffer.numel()
+
+    def fraction_used(self) -> float:
+        seen = self.buffer[self.buffer >= 0]
+        return float(torch.unique(seen).numel()) / self.codebook_size

@@ -1,0 +1,117 @@
+"""The Stage-1 autoencoder of VQ3D (paper Sec. 3.1-3.3, Fig. 2 top).
+
+    image (B, 3, H, W) in [-1, 1]
+      -> encoder (ViT)              -> features (B, h*w, enc_width)
+      -> quantizer (factorized, l2) -> codes (B, h*w, code_dim), ids (B, h*w)
+      -> decoder (ViT + head)       -> triplanes (B, 3, C, R, R)
+      -> renderer (any cameras)     -> rgb, depth, disparity, per-sample weights, ...
+
+`reconstruct(images)` is the paper's single forward pass from a photo to a NeRF rendered at
+the canonical camera (or any cameras given).
+"""
+
+from __future__ import annotations
+
+from typing import Union
+
+import torch
+from torch import Tensor, nn
+
+from vq3d.config import Config
+from vq3d.models.decoder import BoundImplicitField, CNNTriplaneDecoder, ImplicitDecoder, ImplicitField, TriplaneDecoder
+from vq3d.models.encoder import CNNEncoder, ViTEncoder
+from vq3d.models.quantizer import Quantizer, QuantizerOutput
+from vq3d.render.cameras import Cameras, canonical_cameras
+from vq3d.render.renderer import Renderer, RenderOutput
+
+# A decoded scene: triplanes (B, 3, C, R, R), or, for the "w/o triplanes" ablation, an MLP field.
+Scene = Union[Tensor, BoundImplicitField]
+
+
+class Stage1Model(nn.Module):
+    def __init__(self, cfg: Config) -> None:
+        super().__init__()
+        m, res = cfg.model, cfg.data.resolution
+        self.cfg = cfg
+        self.resolution = res
+        if m.backbone == "vit":
+            self.encoder: nn.Module = ViTEncoder(res, m.patch_size, m.enc_width, m.enc_layers, m.enc_heads, m.enc_mlp)
+        else:
+            self.encoder = CNNEncoder(res, m.patch_size, m.enc_width)
+        self.grid = res // m.patch_size
+        self.quantizer = Quantizer(m.enc_width, m.codebook_size, m.codebook_dim, m.commitment, m.dead_code_steps)
+        self.implicit_field: ImplicitField | None = None
+        if m.representation == "implicit":
+            self.decoder: nn.Module = ImplicitDecoder(self.grid, m.codebook_dim, m.dec_width, m.dec_layers,
+                                                      m.dec_heads, m.dec_mlp, m.implicit_hidden)
+            self.implicit_field = ImplicitField(m.implicit_hidden, m.implicit_hidden, m.plane_channels)
+        elif m.backbone == "vit":
+            self.decoder = TriplaneDecoder(self.grid, m.codebook_dim, m.dec_width, m.dec_layers, m.dec_heads,
+                                           m.dec_mlp, m.plane_channels, m.plane_resolution)
+        else:
+            self.decoder = CNNTriplaneDecoder(self.grid, m.codebook_dim, m.plane_channels, m.plane_resolution)
+        self.renderer = Renderer(cfg.render, m.plane_channels)
+
+    # -- the four steps of the pipeline --------------------------------------------------------
+
+    def quantize(self, images: Tensor) -> QuantizerOutput:
+        """images (B, 3, H, W) in [-1, 1] -> quantizer output (codes, ids, VQ loss, ...)."""
+        self._check_images(images)
+        return self.quantizer(self.encoder(images))
+
+    def encode(self, images: Tensor) -> Tensor:
+        """images (B, 3, H, W) in [-1, 1] -> token ids (B, h*w), raster order."""
+        return self.quantize(images).ids
+
+    def decode_codes(self, codes: Tensor) -> Scene:
+        """codes (B, h*w, code_dim) -> scene (triplanes (B, 3, C, R, R) or an implicit field)."""
+        out = self.decoder(codes)
+        if self.implicit_field is not None:
+            return self.implicit_field.bind(out)
+        return out
+
+    def decode(self, ids: Tensor) -> Scene:
+        """ids (B, h*w) -> scene."""
+        if ids.dim() != 2 or ids.shape[1] != self.grid**2:
+            raise ValueError(f"expected token ids of shape (B, {self.grid**2}), got {tuple(ids.shape)}")
+        return self.decode_codes(self.quantizer.lookup(ids))
+
+    def render(self, scene: Scene, cameras: Cameras, height: int | None = None, width: int | None = None,
+               *, train: bool = False, step: int | None = None) -> RenderOutput:
+        """Volume-render `scene` from `cameras` at (height, width) (default: the training resolution)."""
+        height = height or self.resolution
+        width = width or height
+        return self.renderer.render_cameras(scene, cameras, height, width, train=train, step=step)
+
+    def reconstruct(self, images: Tensor, cameras: Cameras | None = None) -> RenderOutput:
+        """One forward pass from images to a NeRF, rendered from `cameras` (default: canonical)."""
+        if cameras is None:
+            cameras = self.canonical_cameras(images.shape[0], images.device)
+        scene = self.decode_codes(self.quantize(images).codes)
+        return self.render(scene, cameras)
+
+    def forward(self, images: Tensor, novel_c2w: Tensor | None = None, step: int | None = None,
+                generator: torch.Generator | None = None) -> dict:
+        """The training forward pass (one call, so DistributedDataParallel can sync gradients).
+
+        images (B, 3, H, W) in [-1, 1]; novel_c2w (B, 4, 4) novel cameras or None.
+        Returns {"quant": QuantizerOutput, "canonical": RenderOutput, "novel": RenderOutput | None}.
+        """
+        quant = self.quantize(images)
+        scene = self.decode_codes(quant.codes)
+        canonical = self.render(scene, self.canonical_cameras(images.shape[0], images.device), train=True, step=step)
+        novel = None
+        if novel_c2w is not None:
+            novel = self.render(scene, Cameras(novel_c2w, self.cfg.render.fov_deg), train=True, step=step)
+        return {"quant": quant, "canonical": canonical, "novel": novel}
+
+    # -- helpers --------------------------------------------------------------------------------
+
+    def canonical_cameras(self, batch: int, device: torch.device | str = "cpu") -> Cameras:
+        r = self.cfg.render
+        return canonical_cameras(batch, r.camera_distance, r.fov_deg).to(device)
+
+    def _check_images(self, images: Tensor) -> None:
+        if images.dim() != 4 or images.shape[1] != 3 or images.shape[2:] != (self.resolution, self.resolution):
+            raise ValueError(
+                f"expected images of shape (B, 3, {self.resolution}, {self.resolution}), got {tuple(images.shape)}")

@@ -1,0 +1,230 @@
+"""The proposal and NeRF MLPs: triplane features -> density (and colour).
+
+Both are small EG3D-style decoders (paper Sec. 3.3: 2 layers, 32 hidden units): softplus hidden
+activations (computed as z - log(sigmoid(z)), see `softplus_and_sigmoid`), density =
+softplus(raw - 1) (EG3D's ray marcher), colour = sigmoid(raw) in [0, 1] rendered directly (no
+upsampler).
+
+Memory (`recompute=True`, the default): `FieldMLP.from_triplanes` fuses lookup and MLP in one
+autograd Function (`_TriplaneField`) that keeps only each sample's coordinates and either its C
+features or (shared by all samples) the planes' table, and in backward recomputes each chunk of
+points' hidden activations (and features), backpropagates through the MLP by hand and scatters
+the feature gradient into the planes' gradient chunk by chunk -- so a sample costs 3 + C (or 3)
+floats of activation memory instead of ~C + 2 * hidden + 20, and temporaries stay bounded by one
+chunk.
+With a feature callable (`FieldMLP.forward`) the features are saved and only the hidden
+activations recomputed (`_RecomputedMLP`).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
+
+from vq3d.render.triplane import (
+    POINT_CHUNK,
+    PlaneReduce,
+    corner_indices,
+    gather_corners,
+    point_chunks,
+    scatter_corners,
+    triplane_lookup,
+)
+
+
+def softplus_and_sigmoid(z: Tensor) -> tuple[Tensor, Tensor]:
+    """softplus(z) = log(1 + e^z) and its derivative sigmoid(z), from one sigmoid and one log:
+    softplus(z) = z - log(sigmoid(z)). Faster on CPU than `F.softplus` alone; absolute error
+    below 1e-6 in float32 (z is clamped at -60, where softplus < 1e-26). Overwrites `z` when
+    no gradient is tracked through it."""
+    if torch.is_grad_enabled() and z.requires_grad:
+        z = z.clamp(min=-60.0)
+        s = torch.sigmoid(z)
+        return z - torch.log(s), s
+    z = z.clamp_(min=-60.0)  # in place: no graph needs z (fewer temporaries)
+    s = torch.sigmoid(z)
+    return z.sub_(torch.log(s)), s
+
+
+class FieldMLP(nn.Module):
+    """features (..., C) -> density (...,) [and rgb (..., 3) when `with_rgb`].
+
+    `layers` linear layers in all: layers - 1 hidden layers of width `hidden`, then the head.
+    """
+
+    def __init__(self, in_dim: int, hidden: int, layers: int, with_rgb: bool, recompute: bool = True):
+        super().__init__()
+        if layers < 1:
+            raise ValueError(f"mlp_layers must be >= 1, got {layers}")
+        dims = [in_dim] + [hidden] * (layers - 1) + [4 if with_rgb else 1]
+        self.linears = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
+        self.with_rgb = with_rgb
+        self.recompute = recompute
+
+    def params(self) -> list[Tensor]:
+        """Weights and biases in layer order [W1, b1, W2, b2, ...]."""
+        return [t for linear in self.linears for t in (linear.weight, linear.bias)]
+
+    def raw(self, x: Tensor, params: list[Tensor] | None = None) -> Tensor:
+        """(..., C) -> (..., 1 or 4): density [and rgb], activated; `params` replace the weights."""
+        if params is None:
+            params = self.params()
+        num = len(params) // 2
+        for i in range(num):
+            x = F.linear(x, params[2 * i], params[2 * i + 1])
+            if i < num - 1:
+                x = softplus_and_sigmoid(x)[0]
+        density = F.softplus(x[..., :1] - 1.0)
+        if not self.with_rgb:
+            return density
+        return torch.cat([density, torch.sigmoid(x[..., 1:])], dim=-1)
+
+    def _split(self, out: Tensor) -> tuple[Tensor, Tensor | None]:
+        return out[..., 0], (out[..., 1:] if self.with_rgb else None)
+
+    def _tracks_grad(self, *tensors: Tensor) -> bool:
+        return torch.is_grad_enabled() and any(t.requires_grad for t in (*tensors, *self.params()))
+
+    def forward(self, features: Tensor) -> tuple[Tensor, Tensor | None]:
+        """features (..., C) -> density (...,) >= 0 and rgb (..., 3) in [0, 1] (None without colour)."""
+        if self.recompute and self._tracks_grad(features):
+            return self._split(_RecomputedMLP.apply(self, features, *self.params()))
+        return self._split(self.raw(features))
+
+    def from_triplanes(self, table: Tensor, coords: Tensor, reduce: PlaneReduce = "sum",
+                       keep_table: bool = True) -> tuple[Tensor, Tensor | None]:
+        """Density (B, M) and rgb (B, M, 3) of contracted points `coords` (B, M, 3) read from
+        `table` (B, 3, R, R, C).
+
+        The same as `self(triplane_lookup(table, coords, reduce))`, differentiable in `table` and
+        the MLP weights (not in `coords`), with the lean backward described in the module doc:
+        `keep_table` saves the table (shared by all calls) and recomputes the features in
+        backward; otherwise the features are saved (C floats a sample) and the table may be
+        freed after forward -- whichever costs less memory.
+        """
+        if not (self.recompute and self._tracks_grad(table)):
+            return self(triplane_lookup(table, coords, reduce))
+        if coords.requires_grad:
+            raise ValueError("from_triplanes does not differentiate the coordinates; detach them")
+        scale = 1.0 / 3.0 if reduce == "mean" else 1.0
+        coords = coords.to(table.dtype)
+        return self._split(_TriplaneField.apply(self, table, coords, scale, not keep_table, *self.params()))
+
+
+def _chunks(n: int, size: int) -> list[slice]:
+    return [slice(i, min(n, i + size)) for i in range(0, n, size)]
+
+
+class _RecomputedMLP(torch.autograd.Function):
+    """`mlp.raw(x)` that saves only x and recomputes the hidden layers in backward, in chunks."""
+
+    @staticmethod
+    @torch.amp.custom_fwd(device_type="cuda", cast_inputs=torch.float32)  # fp32 under autocast
+    def forward(ctx, mlp: FieldMLP, x: Tensor, *params: Tensor) -> Tensor:  # type: ignore[override]
+        flat = x.reshape(-1, x.shape[-1])
+        chunks = _chunks(flat.shape[0], POINT_CHUNK)
+        out = torch.cat([mlp.raw(flat[sl], list(params)) for sl in chunks], dim=0)
+        ctx.mlp = mlp
+        ctx.save_for_backward(x, *params)
+        return out.view(*x.shape[:-1], out.shape[-1])
+
+    @staticmethod
+    @once_differentiable
+    @torch.amp.custom_bwd(device_type="cuda")
+    def backward(ctx, grad_out: Tensor):  # type: ignore[override]
+        x, *params = ctx.saved_tensors
+        need_x, need_p = ctx.needs_input_grad[1], list(ctx.needs_input_grad[2:])
+        flat = x.reshape(-1, x.shape[-1])
+        grad_flat = grad_out.reshape(-1, grad_out.shape[-1])
+        grad_x = torch.empty_like(flat) if need_x else None
+        grad_p = [torch.zeros_like(p) if need else None for p, need in zip(params, need_p)]
+        for sl in _chunks(flat.shape[0], POINT_CHUNK):
+            g_x = _mlp_backward(ctx.mlp, flat[sl], params, need_x, need_p, grad_flat[sl], grad_p)
+            if need_x:
+                grad_x[sl] = g_x
+        return (None, grad_x.view_as(x) if need_x else None, *grad_p)
+
+
+class _TriplaneField(torch.autograd.Function):
+    """`mlp.raw(triplane_lookup(table, coords))`, saving (table, coords) for backward, or, with
+    `save_features`, (features, coords) so that the table can be freed after forward."""
+
+    @staticmethod
+    @torch.amp.custom_fwd(device_type="cuda", cast_inputs=torch.float32)  # fp32 under autocast
+    def forward(ctx, mlp: FieldMLP, table: Tensor, coords: Tensor, scale: float,  # type: ignore[override]
+                save_features: bool, *params: Tensor) -> Tensor:
+        batch, _, r, _, c = table.shape
+        n = coords.shape[1]
+        flat_table = table.reshape(-1, c)
+        out = None
+        feats = table.new_empty(batch, n, c) if save_features else None
+        for sl in point_chunks(batch, n):
+            row00, weights = corner_indices(coords[:, sl], r)
+            x = gather_corners(flat_table, row00, weights, r, scale)
+            part = mlp.raw(x, list(params)).view(batch, -1, 1 + 3 * mlp.with_rgb)
+            if out is None:
+                out = part.new_empty(batch, n, part.shape[-1])
+            out[:, sl] = part
+            if save_features:
+                feats[:, sl] = x.view(batch, -1, c)
+        ctx.mlp, ctx.scale, ctx.table_shape = mlp, scale, table.shape
+        ctx.save_for_backward(feats if save_features else table, coords, *params)
+        ctx.save_features = save_features
+        return out
+
+    @staticmethod
+    @once_differentiable
+    @torch.amp.custom_bwd(device_type="cuda")
+    def backward(ctx, grad_out: Tensor):  # type: ignore[override]
+        source, coords, *params = ctx.saved_tensors
+        need_table, need_p = ctx.needs_input_grad[1], list(ctx.needs_input_grad[5:])
+        batch, _, r, _, c = ctx.table_shape
+        n = coords.shape[1]
+        grad_table = grad_out.new_zeros(batch * 3 * r * r, c) if need_table else None
+        grad_p = [torch.zeros_like(p) if need else None for p, need in zip(params, need_p)]
+        for sl in point_chunks(batch, n):
+            if need_table or not ctx.save_features:
+                row00, weights = corner_indices(coords[:, sl], r)
+            if ctx.save_features:
+                x = source[:, sl].reshape(-1, c)
+            else:
+                x = gather_corners(source.reshape(-1, c), row00, weights, r, ctx.scale)
+            grad_chunk = grad_out[:, sl].reshape(x.shape[0], -1)
+            g_x = _mlp_backward(ctx.mlp, x, params, need_table, need_p, grad_chunk, grad_p)
+            if need_table:
+                scatter_corners(grad_table, row00, weights, g_x, r, ctx.scale)
+        return (None, grad_table.view(ctx.table_shape) if need_table else None, None, None, None, *grad_p)
+
+
+def _mlp_backward(mlp: FieldMLP, x: Tensor, params: list[Tensor], need_x: bool, need_p: list[bool],
+                  grad_out: Tensor, grad_p: list[Tensor | None]) -> Tensor | None:
+    """Recompute `mlp.raw(x)` for one chunk x (P, C) and backpropagate `grad_out` (P, 1 or 4) by
+    hand (softplus' = sigmoid); accumulates weight gradients into `grad_p`, returns d(loss)/dx
+    (None unless `need_x`)."""
+    num = len(params) // 2
+    hidden = [x]  # inputs of each linear layer
+    slopes = []  # softplus'(z) = sigmoid(z) of each hidden layer
+    h = x
+    for i in range(num - 1):
+        h, slope = softplus_and_sigmoid(F.linear(h, params[2 * i], params[2 * i + 1]))
+        slopes.append(slope)
+        hidden.append(h)
+    o = F.linear(h, params[-2], params[-1])  # (P, 1 or 4)
+    g = torch.empty_like(o)
+    torch.mul(grad_out[:, :1], torch.sigmoid(o[:, :1] - 1.0), out=g[:, :1])  # density = softplus(o - 1)
+    if mlp.with_rgb:
+        rgb = torch.sigmoid(o[:, 1:])
+        torch.mul(grad_out[:, 1:], rgb * (1.0 - rgb), out=g[:, 1:])
+    for i in range(num - 1, -1, -1):
+        if need_p[2 * i]:
+            grad_p[2 * i] += g.t() @ hidden[i]
+        if need_p[2 * i + 1]:
+            grad_p[2 * i + 1] += g.sum(0)
+        if i == 0 and not need_x:
+            return None
+        g = g @ params[2 * i]  # d/d(input of layer i)
+        if i > 0:
+            g.mul_(slopes[i - 1])  # through the softplus of hidden layer i
+    return g

@@ -1,0 +1,21 @@
+"""Image panels for logs: what a person looks at to judge a run."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from vq3d.config import Config
+from vq3d.utils.images import colorize, grid, to_unit
+
+
+@torch.no_grad()
+def stage1_panel(model, images: Tensor, out: dict, cfg: Config, rows: int = 4) -> Tensor:
+    """(3, H', W') in [0, 1]: per row input | reconstruction | disparity | novel view | its disparity."""
+    n = min(rows, images.shape[0])
+    canonical, novel = out["canonical"], out["novel"]
+    columns = [to_unit(images[:n]), to_unit(canonical.rgb[:n].float()), colorize(canonical.disparity[:n].float())]
+    if novel is not None:
+        columns += [to_unit(novel.rgb[:n].float()), colorize(novel.disparity[:n].float())]
+    tiles = torch.stack([c.cpu() for c in columns], dim=1).flatten(0, 1)  # (n * cols, 3, H, W)
+    return grid(tiles, rows=n)

@@ -1,0 +1,229 @@
+"""Stage-1 training: `vq3d train stage1` (paper Sec. 3.2, Eq. 4).
+
+Each step: encode -> quantize -> decode triplanes -> render the canonical view and one novel
+view per image (uniform in the tangent disc) -> generator update on Eq. 4 -> discriminator
+update (main: real vs reconstruction; novel-view: detached reconstruction + depth vs novel
+view + depth; lazy R1). Works on one CPU/GPU or several GPUs under torchrun (DDP for the
+autoencoder; the discriminators' gradients are all-reduced by hand, which keeps R1's double
+backward out of DDP).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from vq3d.config import Config
+from vq3d.data.loader import build_dataset, write_dataset_info
+from vq3d.losses.perceptual import build_perceptual
+from vq3d.losses.reconstruction import LogitLaplaceLoss
+from vq3d.losses.stage1 import discriminator_losses, generator_losses
+from vq3d.models.discriminator import Discriminator
+from vq3d.models.quantizer import CodebookUsage
+from vq3d.models.stage1 import Stage1Model
+from vq3d.render.cameras import sample_novel_cameras
+from vq3d.train.batches import batch_stream
+from vq3d.train.checkpoint import load_checkpoint, save_checkpoint, seed_everything
+from vq3d.train.distributed import barrier, cleanup, is_distributed, reduce_metrics, setup_distributed, wrap_ddp
+from vq3d.train.ema import EMA
+from vq3d.train.logger import RunLogger
+from vq3d.train.panels import stage1_panel
+from vq3d.train.run_control import RunControl
+from vq3d.train.runs import prepare_run
+from vq3d.train.schedule import lr_at, set_lr
+from vq3d.utils.io import atomic_write_json
+
+log = logging.getLogger("vq3d.train")
+
+
+def _all_reduce_grads(params: list[nn.Parameter]) -> None:
+    """Average gradients over ranks (one flat all-reduce)."""
+    if not is_distributed():
+        return
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return
+    flat = torch.cat([g.flatten() for g in grads])
+    dist.all_reduce(flat)
+    flat /= dist.get_world_size()
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset: offset + g.numel()].view_as(g))
+        offset += g.numel()
+
+
+class Stage1Trainer:
+    """Holds the models, optimizers and state of one Stage-1 run."""
+
+    def __init__(self, cfg: Config, run_dir: str | Path, start_step: int = 0) -> None:
+        self.cfg, self.run_dir, self.step = cfg, Path(run_dir), start_step
+        self.info = setup_distributed(cfg.train.device)
+        self.device = self.info.device
+        seed_everything(cfg.train.seed + self.info.rank)
+        t, L = cfg.train, cfg.loss
+        self.model = Stage1Model(cfg).to(self.device)
+        res = cfg.data.resolution
+        self.use_gan = L.gan > 0
+        self.d_main = Discriminator(res, 3).to(self.device) if self.use_gan else None
+        self.d_novel = Discriminator(res, 4).to(self.device) if self.use_gan else None
+        self.logit_laplace = LogitLaplaceLoss(L.logit_laplace_eps).to(self.device)
+        self.perceptual = build_perceptual(L)
+        if self.perceptual is not None:
+            self.perceptual = self.perceptual.to(self.device)
+        g_params = list(self.model.parameters()) + list(self.logit_laplace.parameters())
+        self.opt_g = torch.optim.AdamW(g_params, lr=t.lr, betas=t.betas, weight_decay=t.weight_decay)
+        self.d_params = ([] if not self.use_gan else
+                         list(self.d_main.parameters()) + list(self.d_novel.parameters()))
+        self.opt_d = (torch.optim.AdamW(self.d_params, lr=t.disc_lr, betas=t.betas, weight_decay=0.0)
+                      if self.use_gan else None)
+        self.ema = EMA(self.model, t.ema_decay) if t.ema_decay > 0 else None
+        self.usage = CodebookUsage(cfg.model.codebook_size)
+        self.skipped = 0
+        if start_step > 0:
+            state = load_checkpoint(self.run_dir, self._modules(), self._optimizers())
+            self.skipped = int(state.get("skipped", 0))
+        self.forward = wrap_ddp(self.model, self.info)
+        if t.compile and self.device.type == "cuda":
+            self.forward = torch.compile(self.forward)
+        self.autocast = torch.autocast("cuda", dtype=torch.bfloat16,
+                                       enabled=t.precision == "bf16" and self.device.type == "cuda")
+
+    def _modules(self) -> dict[str, nn.Module]:
+        mods: dict[str, nn.Module] = {"model": self.model, "logit_laplace": self.logit_laplace}
+        if self.use_gan:
+            mods.update(d_main=self.d_main, d_novel=self.d_novel)
+        if self.ema is not None:
+            mods["ema"] = self.ema.shadow
+        return mods
+
+    def _optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"g": self.opt_g, **({"d": self.opt_d} if self.opt_d is not None else {})}
+
+    def save(self) -> None:
+        if self.info.is_main:
+            save_checkpoint(self.run_dir, self.step, self._modules(), self._optimizers(),
+                            state={"skipped": self.skipped}, keep=self.cfg.train.keep_checkpoints)
+        barrier()
+
+    def train_step(self, batch: dict, rc: RunControl) -> dict[str, float] | None:
+        """One generator and one discriminator update; returns scalar logs (None if skipped)."""
+        cfg, step = self.cfg, self.step
+        images = batch["image"]
+        disparity = batch.get("disparity")
+        if disparity is None and (cfg.loss.depth or cfg.loss.scale):
+            raise RuntimeError("the batch has no disparity target but the depth loss is on")
+        lr = lr_at(step, cfg.train.lr, cfg.train.warmup_steps, cfg.train.steps, cfg.train.min_lr_ratio)
+        set_lr(self.opt_g, lr)
+        gen = torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + step * 97 + self.info.rank)
+        r = cfg.render
+        novel_c2w = None
+        if self.use_gan or cfg.loss.interlevel:
+            novel_c2w = sample_novel_cameras(images.shape[0], r.camera_distance, r.fov_deg, r.sampling_radius,
+                                             gen).c2w.to(self.device)
+        for p in self.d_params:
+            p.requires_grad_(False)
+        with self.autocast:
+            out = self.forward(images, novel_c2w, step)
+            total, terms = generator_losses(
+                images, disparity, out["quant"], out["canonical"], out["novel"], cfg.loss, r,
+                self.logit_laplace, self.perceptual, self.d_main, self.d_novel if out["novel"] else None, step)
+        if not rc.record_loss(total, step):
+            self.skipped += 1
+            self.opt_g.zero_grad(set_to_none=True)
+            return None
+        self.opt_g.zero_grad(set_to_none=True)
+        total.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(
+            [p for g in self.opt_g.param_groups for p in g["params"]], cfg.train.grad_clip or float("inf"))
+        self.opt_g.step()
+        if self.ema is not None:
+            self.ema.update(self.model)
+        quant = out["quant"]
+        self.usage.update(quant.ids)
+        restarted = self.model.quantizer.restart_dead_codes(quant.latents, gen)
+        logs = {k: float(v.detach()) for k, v in terms.items()}
+        logs.update(loss=float(total.detach()), lr=lr, grad_norm=float(grad_norm),
+                    perplexity=float(quant.perplexity), codes_restarted=restarted)
+        if self.use_gan:
+            for p in self.d_params:
+                p.requires_grad_(True)
+            set_lr(self.opt_d, lr_at(step, cfg.train.disc_lr, cfg.train.warmup_steps, cfg.train.steps,
+                                     cfg.train.min_lr_ratio))
+            apply_r1 = cfg.loss.r1_every > 0 and step % cfg.loss.r1_every == 0
+            with self.autocast:
+                d_total, d_terms = discriminator_losses(images, out["canonical"], out["novel"], self.d_main,
+                                                        self.d_novel, cfg.loss, r, apply_r1)
+            self.opt_d.zero_grad(set_to_none=True)
+            if torch.isfinite(d_total):
+                d_total.backward()
+                _all_reduce_grads(self.d_params)
+                self.opt_d.step()
+            logs.update({k: float(v.detach()) for k, v in d_terms.items()})
+        self._last = (images, out)
+        return logs
+
+    def train(self) -> dict[str, float]:
+        """Run until the step/time bound or a signal; checkpoint on the way out."""
+        cfg, info = self.cfg, self.info
+        need_depth = bool(cfg.loss.depth or cfg.loss.scale)
+        dataset = build_dataset(cfg.data, "train", seed=cfg.train.seed, rank=info.rank,
+                                world_size=info.world_size, require_depth=need_depth)
+        if info.is_main:
+            write_dataset_info(dataset, self.run_dir)
+        per_rank = max(1, cfg.train.batch_size // info.world_size)
+        bad: dict[str, str] = {}
+        stream = batch_stream(dataset, per_rank, seed=cfg.train.seed, start_step=self.step, rank=info.rank,
+                              world_size=info.world_size, num_workers=cfg.data.num_workers,
+                              device=self.device, bad_files=bad)
+        last: dict[str, float] = {}
+        self.model.train()
+        with RunLogger(self.run_dir, enabled=info.is_main, resume_step=self.step or None) as logger, \
+                RunControl(cfg.train.steps, cfg.train.max_minutes, self.step, cfg.train.max_bad_steps,
+                           show_progress=info.is_main, desc="stage1") as rc:
+            t0 = time.monotonic()
+            while not rc.should_stop(self.step):
+                batch = next(stream)
+                logs = self.train_step(batch, rc)
+                self.step += 1
+                if logs is not None:
+                    last = logs
+                    rc.update(self.step, {k: logs[k] for k in ("loss", "mse", "depth") if k in logs})
+                else:
+                    rc.update(self.step, None)
+                if logs is not None and (self.step % cfg.train.log_every == 0 or self.step == 1):
+                    logs = reduce_metrics(logs)
+                    logs.update(codebook_usage=self.usage.fraction_used(), skipped_steps=self.skipped,
+                                steps_per_sec=(self.step - rc.start_step) / max(1e-9, time.monotonic() - t0))
+                    logger.log_scalars(self.step, logs)
+                    last = logs
+                if info.is_main and self.step % cfg.train.image_every == 0 and hasattr(self, "_last"):
+                    logger.log_image(self.step, "panel", stage1_panel(self.model, *self._last, cfg))
+                if self.step % cfg.train.ckpt_every == 0:
+                    self.save()
+            self.save()
+            if info.is_main:
+                _write_bad_files(self.run_dir, dataset, bad)
+                last["stop_reason"] = rc.stop_reason  # type: ignore[assignment]
+        return last
+
+
+def _write_bad_files(run_dir: Path, dataset, bad: dict[str, str]) -> None:
+    """Record every file skipped while building the dataset or while training."""
+    merged = dict(getattr(dataset, "bad_files", {}))
+    merged.update(bad)
+    atomic_write_json(run_dir / "bad_files.json", dict(sorted(merged.items())))
+
+
+def train_stage1(cfg: Config, run_dir: str | Path, resume: bool = False, overrides: list[str] = ()) -> dict:
+    """Train (or resume) a Stage-1 run in `run_dir`; returns the last logged scalars."""
+    cfg, start = prepare_run(run_dir, cfg, resume, overrides)
+    trainer = Stage1Trainer(cfg, run_dir, start)
+    try:
+        return trainer.train()
+    finally:
+        cleanup()

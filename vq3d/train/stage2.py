@@ -1,0 +1,180 @@
+"""Stage-2 training: `vq3d train stage2` — a GPT over Stage-1 tokens (paper Sec. 3.2, "Stage 2").
+
+Shares the trainer core with Stage 1 (checkpoints, resume, run control, logging, DDP, bf16).
+Reports validation loss and bits per token, beside the unigram entropy of the training tokens
+(what a model that ignores context would reach).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from vq3d.config import Config
+from vq3d.data.tokens import check_same_codebook, load_tokens
+from vq3d.errors import UserError
+from vq3d.models.gpt import GPT
+from vq3d.train.batches import batch_stream
+from vq3d.train.checkpoint import load_checkpoint, save_checkpoint, seed_everything
+from vq3d.train.distributed import barrier, cleanup, reduce_metrics, setup_distributed, wrap_ddp
+from vq3d.train.logger import RunLogger
+from vq3d.train.run_control import RunControl
+from vq3d.train.runs import prepare_run
+from vq3d.utils.io import atomic_write_json
+
+
+class TokenDataset(Dataset):
+    """Rows of a token folder: {"image": ids (T,) long, "label": int} (key "image" so the shared
+    batch stream can carry it)."""
+
+    def __init__(self, ids: np.ndarray, labels: np.ndarray, rows: np.ndarray) -> None:
+        self.ids, self.labels, self.rows = ids, labels, rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict:
+        r = int(self.rows[i])
+        return {"image": torch.from_numpy(np.asarray(self.ids[r], dtype=np.int64)), "label": int(self.labels[r])}
+
+
+def split_rows(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A fixed random split of row indices into (train, validation); validation gets >= 1 row."""
+    order = np.random.default_rng(seed).permutation(n)
+    n_val = max(1, int(round(n * val_fraction))) if n > 1 else 0
+    return np.sort(order[n_val:]), np.sort(order[:n_val])
+
+
+def unigram_entropy_bits(ids: np.ndarray, vocab: int) -> float:
+    """Entropy (bits per token) of the empirical token distribution."""
+    counts = np.bincount(np.asarray(ids).ravel(), minlength=vocab).astype(np.float64)
+    p = counts[counts > 0] / counts.sum()
+    return float(-(p * np.log2(p)).sum())
+
+
+def build_gpt(cfg: Config, info: dict) -> GPT:
+    return GPT(info["codebook_size"], info["seq_len"], info["num_classes"], cfg.stage2)
+
+
+@torch.no_grad()
+def validation_loss(model: GPT, ids: np.ndarray, labels: np.ndarray, rows: np.ndarray, device,
+                    batch_size: int = 64) -> float:
+    """Mean next-token cross-entropy (nats) over the validation rows, with their real classes."""
+    was = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start: start + batch_size]
+        x = torch.from_numpy(np.asarray(ids[chunk], dtype=np.int64)).to(device)
+        y = torch.from_numpy(labels[chunk]).to(device) if model.conditional else None
+        _, loss = model(x, y, targets=x)
+        total += float(loss) * x.numel()
+        count += x.numel()
+    model.train(was)
+    return total / max(1, count)
+
+
+def train_stage2(cfg: Config, tokens_dir: str | Path, run_dir: str | Path, resume: bool = False,
+                 overrides: list[str] = (), stage1_run: str | Path | None = None) -> dict:
+    """Train (or resume) a GPT on a token folder; returns the last logged scalars."""
+    ids, labels, info = load_tokens(tokens_dir)
+    if stage1_run is not None:
+        check_same_codebook(stage1_run, info["codebook_hash"], f"the token folder {tokens_dir}")
+    if info["num_classes"] and (labels.min() < 0 or labels.max() >= info["num_classes"]):
+        raise UserError(f"labels in {tokens_dir} fall outside [0, {info['num_classes']})")
+    cfg, start = prepare_run(run_dir, cfg, resume, overrides)
+    run_dir = Path(run_dir)
+    s2 = cfg.stage2
+    dist_info = setup_distributed(cfg.train.device)
+    device = dist_info.device
+    try:
+        seed_everything(cfg.train.seed + dist_info.rank)
+        model = build_gpt(cfg, info).to(device)
+        opt = torch.optim.AdamW(model.param_groups(s2.weight_decay), lr=s2.lr, betas=s2.betas)
+        train_rows, val_rows = split_rows(len(ids), s2.val_fraction, cfg.train.seed)
+        if dist_info.is_main:
+            atomic_write_json(run_dir / "stage2.json", {
+                "tokens": str(Path(tokens_dir).resolve()), **{k: info[k] for k in (
+                    "stage1_run", "stage1_checkpoint", "codebook_hash", "codebook_size", "seq_len", "num_classes",
+                    "class_names")},
+                "unigram_entropy_bits": unigram_entropy_bits(ids[train_rows], info["codebook_size"]),
+                "train_rows": len(train_rows), "val_rows": len(val_rows)})
+        if start > 0:
+            load_checkpoint(run_dir, {"gpt": model}, {"opt": opt})
+        forward = wrap_ddp(model, dist_info)
+        if cfg.train.compile and device.type == "cuda":
+            forward = torch.compile(forward)
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16,
+                                  enabled=cfg.train.precision == "bf16" and device.type == "cuda")
+        per_rank = max(1, s2.batch_size // dist_info.world_size)
+        stream = batch_stream(TokenDataset(ids, labels, train_rows), per_rank, seed=cfg.train.seed,
+                              start_step=start, rank=dist_info.rank, world_size=dist_info.world_size,
+                              device=device)
+        step, last = start, {}
+        eval_every = max(1, cfg.train.ckpt_every)
+        with RunLogger(run_dir, enabled=dist_info.is_main, resume_step=start or None) as logger, \
+                RunControl(s2.steps, cfg.train.max_minutes, start, cfg.train.max_bad_steps,
+                           show_progress=dist_info.is_main, desc="stage2") as rc:
+            from vq3d.train.schedule import lr_at, set_lr
+
+            while not rc.should_stop(step):
+                batch = next(stream)
+                x = batch["image"]
+                y = batch["label"] if model.conditional else None
+                lr = lr_at(step, s2.lr, s2.warmup_steps, s2.steps, cfg.train.min_lr_ratio)
+                set_lr(opt, lr)
+                with autocast:
+                    _, loss = forward(x, y, targets=x)
+                opt.zero_grad(set_to_none=True)
+                if rc.record_loss(loss, step):
+                    loss.backward()
+                    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip or math.inf)
+                    opt.step()
+                    last = {"loss": float(loss), "bits_per_token": float(loss) / math.log(2), "lr": lr,
+                            "grad_norm": float(grad_norm)}
+                step += 1
+                rc.update(step, {"loss": last.get("loss", float("nan"))})
+                if step % cfg.train.log_every == 0 or step == 1:
+                    logger.log_scalars(step, reduce_metrics(last))
+                if step % eval_every == 0 or rc.should_stop(step):
+                    val = validation_loss(model, ids, labels, val_rows, device)
+                    last.update(val_loss=val, val_bits_per_token=val / math.log(2))
+                    logger.log_scalars(step, {"val_loss": val, "val_bits_per_token": val / math.log(2)})
+                    if dist_info.is_main:
+                        save_checkpoint(run_dir, step, {"gpt": model}, {"opt": opt},
+                                        keep=cfg.train.keep_checkpoints)
+                    barrier()
+            if "val_loss" not in last or step % eval_every:
+                val = validation_loss(model, ids, labels, val_rows, device)
+                last.update(val_loss=val, val_bits_per_token=val / math.log(2))
+            if dist_info.is_main:
+                save_checkpoint(run_dir, step, {"gpt": model}, {"opt": opt}, keep=cfg.train.keep_checkpoints)
+            barrier()
+            last["stop_reason"] = rc.stop_reason
+        last["unigram_entropy_bits"] = unigram_entropy_bits(ids[train_rows], info["codebook_size"])
+        return last
+    finally:
+        cleanup()
+
+
+def load_stage2(run_dir: str | Path, device: torch.device | str = "cpu") -> tuple[GPT, Config, dict]:
+    """A trained GPT (eval mode), its config and its stage2.json from a Stage-2 run folder."""
+    import json
+
+    from vq3d.train.checkpoint import latest_checkpoint
+    from vq3d.train.runs import read_run_config
+
+    meta_path = Path(run_dir) / "stage2.json"
+    if not meta_path.is_file():
+        raise UserError(f"{run_dir} is not a Stage-2 run (no stage2.json): pass the --out of `vq3d train stage2`")
+    meta = json.loads(meta_path.read_text())
+    cfg = read_run_config(run_dir)
+    if latest_checkpoint(run_dir) is None:
+        raise UserError(f"{run_dir} has no checkpoint yet")
+    model = build_gpt(cfg, meta)
+    load_checkpoint(run_dir, {"gpt": model}, restore_rng=False)
+    return model.to(device).eval(), cfg, meta
