@@ -77,11 +77,17 @@ class Stage1Model(nn.Module):
         return self.decode_codes(self.quantizer.lookup(ids))
 
     def render(self, scene: Scene, cameras: Cameras, height: int | None = None, width: int | None = None,
-               *, train: bool = False, step: int | None = None) -> RenderOutput:
+               *, train: bool = False, step: int | None = None,
+               generator: torch.Generator | None = None) -> RenderOutput:
         """Volume-render `scene` from `cameras` at (height, width) (default: the training resolution)."""
         height = height or self.resolution
         width = width or height
-        return self.renderer.render_cameras(scene, cameras, height, width, train=train, step=step)
+        return self.renderer.render_cameras(scene, cameras, height, width, train=train, step=step,
+                                            generator=generator)
+
+    def density(self, scene: Scene, points: Tensor) -> Tensor:
+        """NeRF density of one scene (batch 1) at world points (N, 3) -> (N,)."""
+        return self.renderer.density(scene, points[None])[0]
 
     def reconstruct(self, images: Tensor, cameras: Cameras | None = None) -> RenderOutput:
         """One forward pass from images to a NeRF, rendered from `cameras` (default: canonical)."""
@@ -99,10 +105,12 @@ class Stage1Model(nn.Module):
         """
         quant = self.quantize(images)
         scene = self.decode_codes(quant.codes)
-        canonical = self.render(scene, self.canonical_cameras(images.shape[0], images.device), train=True, step=step)
+        canonical = self.render(scene, self.canonical_cameras(images.shape[0], images.device), train=True, step=step,
+                                generator=generator)
         novel = None
         if novel_c2w is not None:
-            novel = self.render(scene, Cameras(novel_c2w, self.cfg.render.fov_deg), train=True, step=step)
+            novel = self.render(scene, Cameras(novel_c2w, self.cfg.render.fov_deg), train=True, step=step,
+                                generator=generator)
         return {"quant": quant, "canonical": canonical, "novel": novel}
 
     # -- helpers --------------------------------------------------------------------------------

@@ -230,6 +230,14 @@ class Renderer(nn.Module):
         out.depth, out.disparity, out.opacity = image(out.depth), image(out.disparity), image(out.opacity)
         return out
 
+    @torch.no_grad()
+    def density(self, features: FeatureSource, points: Tensor) -> Tensor:
+        """NeRF-MLP density at world points (B, M, 3) -> (B, M) (meshes, probes)."""
+        source = _Features(features, self.cfg.plane_reduce)
+        coords = contract(points, self.cfg.contraction)
+        density, _ = source.field(self.nerf_mlp, coords, grad=False, keep_table=False)
+        return density.reshape(points.shape[:2])
+
     # ------------------------------------------------------------------ internals
 
     def _render_tuple(self, source: _Features, origins: Tensor, dirs: Tensor, us: list[Tensor],

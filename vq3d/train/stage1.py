@@ -128,7 +128,7 @@ class Stage1Trainer:
         for p in self.d_params:
             p.requires_grad_(False)
         with self.autocast:
-            out = self.forward(images, novel_c2w, step)
+            out = self.forward(images, novel_c2w, step, gen)
             total, terms = generator_losses(
                 images, disparity, out["quant"], out["canonical"], out["novel"], cfg.loss, r,
                 self.logit_laplace, self.perceptual, self.d_main, self.d_novel if out["novel"] else None, step)
