@@ -21,6 +21,7 @@ from torch import Tensor
 
 from vq3d.data.synthetic_writer import read_card, read_manifest, write_bytes
 from vq3d.errors import UserError
+from vq3d.utils.images import colorize
 
 SPLITS = ("train", "test")
 
@@ -91,16 +92,12 @@ class SyntheticDataset(torch.utils.data.Dataset):
 # ----------------------------------------------------------------------------- contact sheet
 
 # an approximation of matplotlib's "inferno" colormap: control points at 0, 1/7, ..., 1
-_INFERNO = np.array([[0, 0, 4], [40, 11, 84], [101, 21, 110], [159, 42, 99], [212, 72, 66],
-                     [245, 125, 21], [250, 193, 39], [252, 255, 164]], dtype=np.float64)
-
-
 def colorize_disparity(disparity: np.ndarray, lo: float, hi: float) -> np.ndarray:
-    """Disparity (..., H, W) -> uint8 RGB (..., H, W, 3): near (high disparity) bright."""
-    x = np.clip((disparity - lo) / max(hi - lo, 1e-12), 0.0, 1.0) * (len(_INFERNO) - 1)
-    low = np.minimum(np.floor(x).astype(np.int64), len(_INFERNO) - 2)
-    frac = (x - low)[..., None]
-    return np.round(_INFERNO[low] * (1 - frac) + _INFERNO[low + 1] * frac).astype(np.uint8)
+    """Disparity (..., H, W) -> uint8 RGB (..., H, W, 3) with the project's colour map
+    (`vq3d.utils.images.colorize`): near (high disparity) red, far blue."""
+    d = np.asarray(disparity, dtype=np.float32)
+    rgb = colorize(torch.from_numpy(d).reshape(-1, 1, *d.shape[-2:]), lo, hi)  # (N, 3, H, W)
+    return (rgb.permute(0, 2, 3, 1).numpy() * 255.0 + 0.5).astype(np.uint8).reshape(*d.shape, 3)
 
 
 def contact_sheet(dataset: SyntheticDataset, rows: int = 8, tile: int = 96) -> Image.Image:

@@ -10,7 +10,6 @@ backward out of DDP).
 
 from __future__ import annotations
 
-import logging
 import time
 from pathlib import Path
 
@@ -37,8 +36,6 @@ from vq3d.train.run_control import RunControl
 from vq3d.train.runs import prepare_run
 from vq3d.train.schedule import lr_at, set_lr
 from vq3d.utils.io import atomic_write_json
-
-log = logging.getLogger("vq3d.train")
 
 
 def _all_reduce_grads(params: list[nn.Parameter]) -> None:
