@@ -23,7 +23,7 @@ from vq3d.render.cameras import disc_offsets_to_cameras
 from vq3d.train.runs import load_stage1
 from vq3d.train.stage2 import load_stage2
 from vq3d.utils.images import colorize, grid, save_png, to_unit
-from vq3d.utils.io import atomic_write_json
+from vq3d.utils.io import atomic_save_npy, atomic_write_json
 
 
 def resolve_class(value: str | int | None, class_names: list[str], num_classes: int) -> int | None:
@@ -53,7 +53,10 @@ def novel_offsets(n_views: int, radius: float) -> torch.Tensor:
 @torch.no_grad()
 def render_scene_files(model, scene, out_dir: Path, radius: float, n_views: int = 4, n_frames: int = 48,
                        resolution: int | None = None, fps: int = 20) -> dict[str, torch.Tensor]:
-    """Write one scene's canonical image, depth, novel views and orbit video; return the tiles."""
+    """Write one scene's canonical image, depth, novel views and orbit video.
+
+    Returns {"tiles": (2 + n_views, 3, H, W) images for grids, "canonical": the canonical RenderOutput}.
+    """
     r = model.cfg.render
     res = resolution or model.resolution
     device = next(model.parameters()).device
@@ -61,7 +64,7 @@ def render_scene_files(model, scene, out_dir: Path, radius: float, n_views: int 
     rgb, disp = to_unit(canon.rgb[0]), colorize(canon.disparity[:1])[0]
     save_png(out_dir / "canonical.png", rgb)
     save_png(out_dir / "depth.png", disp)
-    np.save(out_dir / "disparity.npy", canon.disparity[0, 0].cpu().numpy())
+    atomic_save_npy(out_dir / "disparity.npy", canon.disparity[0, 0].cpu().numpy())
     tiles = [rgb, disp]
     cams = disc_offsets_to_cameras(novel_offsets(n_views, radius), r.camera_distance, r.fov_deg).to(device)
     for k in range(n_views):
@@ -71,7 +74,7 @@ def render_scene_files(model, scene, out_dir: Path, radius: float, n_views: int 
         tiles.append(tile)
     if n_frames > 0:
         write_video(out_dir / "orbit", orbit_frames(model, scene, n_frames, radius, res), fps=fps)
-    return {"tiles": torch.stack([t.cpu() for t in tiles])}
+    return {"tiles": torch.stack([t.cpu() for t in tiles]), "canonical": canon}
 
 
 @torch.no_grad()
@@ -115,7 +118,7 @@ def generate(stage1_run: str | Path, stage2_run: str | Path, out_dir: str | Path
             folder = out_dir / f"sample_{i:03d}"
             files = render_scene_files(model, scene, folder, radius, n_views, n_frames, resolution)
             save_scene(folder / "triplanes.safetensors", scene)
-            np.save(folder / "tokens.npy", ids[j].cpu().numpy().astype(np.int32))
+            atomic_save_npy(folder / "tokens.npy", ids[j].cpu().numpy().astype(np.int32))
             rows.append(files["tiles"])
             cls = None if labels is None else int(labels[j])
             records.append({"index": i, "folder": folder.name, "class": cls,

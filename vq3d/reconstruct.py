@@ -81,8 +81,7 @@ def reconstruct(stage1_run: str | Path, inputs: list[str | Path], out_dir: str |
                 scenes.field, scenes.latents[j: j + 1])
             folder = out_dir / _folder_name(f, taken)
             save_png(folder / "input.png", crops[j])
-            render_scene_files(model, scene, folder, radius, n_views, n_frames)
-            canon = model.render(scene, model.canonical_cameras(1, device))
+            canon = render_scene_files(model, scene, folder, radius, n_views, n_frames)["canonical"]
             points, colors = depth_to_points(model.canonical_cameras(1, device), canon.depth, canon.rgb,
                                              canon.opacity)
             write_ply(folder / "points.ply", points, colors)

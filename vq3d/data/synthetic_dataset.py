@@ -91,7 +91,6 @@ class SyntheticDataset(torch.utils.data.Dataset):
 
 # ----------------------------------------------------------------------------- contact sheet
 
-# an approximation of matplotlib's "inferno" colormap: control points at 0, 1/7, ..., 1
 def colorize_disparity(disparity: np.ndarray, lo: float, hi: float) -> np.ndarray:
     """Disparity (..., H, W) -> uint8 RGB (..., H, W, 3) with the project's colour map
     (`vq3d.utils.images.colorize`): near (high disparity) red, far blue."""

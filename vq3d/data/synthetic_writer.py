@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import struct
 import time
 import zlib
@@ -33,7 +32,7 @@ from tqdm import tqdm
 from vq3d.data.raycast import SHAPES
 from vq3d.data.synthetic import CameraSettings, Scene, render_scene, sample_scene
 from vq3d.errors import UserError
-from vq3d.utils.io import atomic_write
+from vq3d.utils.io import atomic_write_bytes
 
 FORMAT = "vq3d-synthetic"
 FORMAT_VERSION = 1
@@ -127,12 +126,8 @@ def render_for_disk(scene: Scene, resolution: int) -> tuple[dict[str, Any], np.n
 
 
 def write_bytes(path: str | Path, data: bytes) -> None:
-    """Write a file atomically, readable by all like an ordinary file (mkstemp makes it 0600)."""
-    def write(tmp: Path) -> None:
-        tmp.write_bytes(data)
-        os.chmod(tmp, 0o644)
-
-    atomic_write(path, write)
+    """Write a file atomically (with the usual permissions, see `vq3d.utils.io`)."""
+    atomic_write_bytes(path, data)
 
 
 def write_scene_files(root: Path, record: dict[str, Any], images: np.ndarray, depth: np.ndarray) -> None:

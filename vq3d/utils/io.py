@@ -20,7 +20,8 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
     """Call `write(tmp_path)` to produce the file, then atomically rename it to `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)  # keep the suffix: some writers choose the format by it
+    # keep the suffix: some writers (ffmpeg, np.save) choose the format by it
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
     os.close(fd)
     os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give the usual permissions
     tmp_path = Path(tmp)
@@ -38,6 +39,13 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write(path, lambda p: p.write_text(text))
+
+
+def atomic_save_npy(path: str | Path, array: Any) -> None:
+    """np.save, atomically."""
+    import numpy as np
+
+    atomic_write(path, lambda p: np.save(p, array))
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:
