@@ -82,3 +82,49 @@ def test_normalize_disparity_per_image():
     x = torch.tensor([[[1.0, 3.0]], [[2.0, 2.5]]])
     n = normalize_disparity(x)
     assert torch.allclose(n, torch.tensor([[[0.0, 1.0]], [[0.0, 1.0]]]))
+
+
+def test_scale_loss_threshold_is_configurable():
+    s = torch.tensor([1.5, 2.5])
+    # relu(s - 2): [0, 0.5] -> mean 0.25 with lambda 1
+    assert torch.allclose(scale_loss(s, small_scale=1.0, max_scale=2.0), torch.tensor(0.25))
+
+
+def test_scale_floor_leaves_eq2_alone_above_it_and_fits_t_for_the_floor_below_it():
+    g = torch.Generator().manual_seed(4)
+    W = torch.rand(2, 25, 5, generator=g, dtype=torch.float64)
+    D = torch.rand(2, 25, 5, generator=g, dtype=torch.float64)
+    W0, D0, surface = one_surface(seed=4)
+    target = 0.7 * surface + 0.1  # s* = 0.7
+    exact, s, t = depth_loss(W0, D0, target)
+    floored_low, s_low, t_low = depth_loss(W0, D0, target, min_scale=0.5)  # below s*: no change
+    assert torch.allclose(floored_low, exact) and torch.allclose(s_low, s) and torch.allclose(t_low, t)
+
+    d = torch.rand(2, 25, generator=g, dtype=torch.float64)
+    loss, s_f, t_f = depth_loss(W, D, d, min_scale=3.0)  # far above the free s*
+    assert torch.allclose(s_f, torch.full_like(s_f, 3.0))
+    for b in range(2):  # t is the weighted least-squares shift for s fixed at the floor
+        residual = d[b][:, None] - 3.0 * D[b]
+        t_ref = (W[b] * residual).sum() / W[b].sum()
+        assert torch.allclose(t_f[b], t_ref)
+    per_image = [(W[b] * (3.0 * D[b] + t_f[b] - d[b][:, None]).square()).sum() / 25 for b in range(2)]
+    assert torch.allclose(loss, torch.stack(per_image).mean())
+    free, _, _ = depth_loss(W, D, d)
+    assert loss > free  # a forced scale can only fit worse than the optimum
+
+
+def test_scale_floor_gives_a_gradient_along_rays_that_the_saddle_lacks():
+    # weights spread evenly along rays whose samples all share one disparity profile: s* = 0
+    L = 6
+    D = torch.linspace(0.0, 2.0, L, dtype=torch.float64).expand(1, 40, L).contiguous()
+    d = torch.rand(1, 40, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    W = torch.full((1, 40, L), 1.0 / L, dtype=torch.float64, requires_grad=True)
+    loss, s, _ = depth_loss(W, D, d)
+    assert s.abs().max() < 1e-9
+    g = torch.autograd.grad(loss, W)[0]
+    assert (g - g[..., :1]).abs().max() < 1e-12  # no preference along any ray
+    loss, _, _ = depth_loss(W, D, d, min_scale=1.0)
+    g = torch.autograd.grad(loss, W)[0]
+    # now near targets (d high) prefer near samples (high D), far targets far ones
+    near, far = d[0].argmax(), d[0].argmin()
+    assert g[0, near, -1] < g[0, near, 0] and g[0, far, 0] < g[0, far, -1]

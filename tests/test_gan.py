@@ -40,3 +40,18 @@ def test_logit_laplace_is_a_likelihood_minimised_at_the_target():
     # not an L1 on pixels: the same pixel error costs more near the ends of the range
     dark, mid = torch.full((1, 3, 1, 1), -0.9), torch.zeros(1, 3, 1, 1)
     assert loss(dark + 0.1, dark) - loss(dark, dark) > loss(mid + 0.1, mid) - loss(mid, mid)
+
+
+def test_gan_weight_starts_late_and_ramps_and_scale_floor_fades():
+    from vq3d.config import LossConfig
+    from vq3d.losses.stage1 import gan_weight, scale_floor
+
+    c = LossConfig(gan=0.1, gan_start_steps=100, gan_warmup_steps=10)
+    assert [gan_weight(c, s) for s in (0, 99)] == [0.0, 0.0]
+    assert gan_weight(c, 100) == pytest.approx(0.01) and gan_weight(c, 104) == pytest.approx(0.05)
+    assert gan_weight(c, 109) == pytest.approx(0.1) and gan_weight(c, 5000) == pytest.approx(0.1)
+    assert gan_weight(LossConfig(gan=0.1), 0) == pytest.approx(0.1)
+    f = LossConfig(depth_scale_floor=2.0, depth_scale_floor_steps=100)
+    assert [scale_floor(f, s) for s in (0, 50, 100, 200)] == pytest.approx([2.0, 1.0, 0.0, 0.0])
+    assert scale_floor(LossConfig(), 0) == 0.0
+    assert scale_floor(LossConfig(depth_scale_floor=0.5), 10**6) == 0.5  # no fade: the whole run

@@ -80,6 +80,17 @@ def test_a_few_tiny_steps_lower_the_loss(synth, tmp_path):
     assert np.mean(mse[-5:]) < np.mean(mse[:3])
 
 
+def test_discriminators_and_novel_views_wait_for_gan_start(synth, tmp_path):
+    run = tmp_path / "run"
+    assert main(["train", "stage1", "--preset", "tiny", "--data", str(synth), "--out", str(run), "--steps", "5",
+                 "--set", "loss.gan_start_steps=3", "--set", "loss.gan_warmup_steps=2"]) == 0
+    records = {m["step"]: m for m in read_metrics(run)}
+    for step in (1, 2, 3):  # logged after steps 0, 1, 2: no D update, no novel-view GAN term
+        assert records[step]["gan_weight"] == 0 and "d_main" not in records[step] and "gan_novel" not in records[step]
+    assert records[4]["gan_weight"] == pytest.approx(0.05) and "d_novel" in records[4] and "gan_novel" in records[4]
+    assert records[5]["gan_weight"] == pytest.approx(0.1)
+
+
 def test_resume_continues_the_same_loss_curve(synth, tmp_path):
     common = ["--preset", "tiny", "--data", str(synth), "--set", "data.num_workers=0"]
     assert main(["train", "stage1", *common, "--out", str(tmp_path / "a"), "--steps", "6"]) == 0

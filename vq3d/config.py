@@ -86,13 +86,17 @@ class LossConfig:
     logit_laplace: float = 0.1
     logit_laplace_eps: float = 0.1  # DALL-E's epsilon
     gan: float = 0.1  # main and novel-view discriminators (non-saturating)
-    gan_warmup_steps: int = 0  # GAN weight ramps linearly from 0 over these steps
+    gan_start_steps: int = 0  # no discriminators (nor novel renders) before this step
+    gan_warmup_steps: int = 0  # then the GAN weight ramps linearly from 0 over these steps
     vq: float = 1.0
     distortion: float = 0.01  # Mip-NeRF 360
     interlevel: float = 1.0  # Mip-NeRF 360
     depth: float = 1.0  # Eq. 1-2
     scale: float = 0.3  # Eq. 3
     small_scale: float = 1.0  # lambda_smallscale of Eq. 3
+    max_scale: float = 1.0  # s* above this is penalized (Eq. 3 uses 1; in disparity units)
+    depth_scale_floor: float = 0.0  # clamp s* from below early in training (0 = off; see depth_loss)
+    depth_scale_floor_steps: int = 0  # the floor fades linearly to 0 over these steps
     depth_grad_through_st: bool = True  # let gradients flow through s*, t*
     r1_gamma: float = 10.0  # lazy R1 penalty on real images
     r1_every: int = 16

@@ -40,15 +40,29 @@ def solve_scale_shift(weights: Tensor, sample_disparity: Tensor, target: Tensor,
 
 
 def depth_loss(weights: Tensor, sample_disparity: Tensor, target: Tensor,
-               grad_through_st: bool = True, mask: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+               grad_through_st: bool = True, mask: Tensor | None = None,
+               min_scale: float = 0.0) -> tuple[Tensor, Tensor, Tensor]:
     """Eq. 2 averaged over the batch; also returns s*, t* (B,) for Eq. 3 and logging.
 
     weights, sample_disparity: (B, N, L); target: (B, N) pseudo-GT disparity; mask: optional
     (B, N) of pixels to use. With `grad_through_st=False` s*, t* are treated as constants.
+
+    `min_scale` > 0 clamps s* from below (and re-solves t for that s). Why: while the weights
+    are spread along every ray, s* is ~0 and the loss's gradient along each ray is proportional
+    to s*, so geometry never starts to form (a saddle). A floor early in training breaks it;
+    once s* exceeds the floor the loss is exactly Eq. 2 again.
     """
     if mask is not None:
         weights = weights * mask[..., None].to(weights.dtype)
     s, t = solve_scale_shift(weights, sample_disparity, target)
+    if min_scale > 0:
+        # Second normal equation b s + c t = f gives the best t for a given s (equal to t* when
+        # s = s*), with b = sum W D, c = sum W, f = sum W d.
+        b = (weights * sample_disparity).sum(dim=(1, 2))
+        c = weights.sum(dim=(1, 2)).clamp_min(1e-8)
+        f = (weights * target[..., None]).sum(dim=(1, 2))
+        s = s.clamp_min(min_scale)
+        t = (f - s * b) / c
     if not grad_through_st:
         s, t = s.detach(), t.detach()
     residual = s[:, None, None] * sample_disparity + t[:, None, None] - target[..., None]
@@ -57,13 +71,15 @@ def depth_loss(weights: Tensor, sample_disparity: Tensor, target: Tensor,
     return per_image.mean(), s, t
 
 
-def scale_loss(s: Tensor, small_scale: float) -> Tensor:
-    """Eq. 3: max(0, -s*) + lambda_smallscale * max(s* - 1, 0), averaged over the batch.
+def scale_loss(s: Tensor, small_scale: float, max_scale: float = 1.0) -> Tensor:
+    """Eq. 3: max(0, -s*) + lambda_smallscale * max(s* - max_scale, 0), averaged over the batch.
 
     The first term keeps the disparity scale from flipping sign; the second keeps rendered
-    disparity from becoming flatter than the target (perceptually flat novel views).
+    disparity from becoming flatter than the target (perceptually flat novel views). The paper
+    uses max_scale = 1; it is in the renderer's disparity units, so a dataset whose true
+    geometry has a larger s* (see the synthetic benchmark) needs a larger one.
     """
-    return (F.relu(-s) + small_scale * F.relu(s - 1.0)).mean()
+    return (F.relu(-s) + small_scale * F.relu(s - max_scale)).mean()
 
 
 def normalize_disparity(disparity: Tensor) -> Tensor:

@@ -43,10 +43,25 @@ def nerf_regularizers(render: RenderOutput) -> tuple[Tensor, Tensor]:
 
 
 def gan_weight(loss_cfg: LossConfig, step: int) -> float:
-    """The GAN weight, ramped linearly from 0 over `gan_warmup_steps` (logged each step)."""
-    if loss_cfg.gan_warmup_steps <= 0:
-        return loss_cfg.gan
-    return loss_cfg.gan * min(1.0, (step + 1) / loss_cfg.gan_warmup_steps)
+    """The GAN weight: 0 before `gan_start_steps`, then ramped linearly from 0 over
+    `gan_warmup_steps` (logged each step). The discriminators train from `gan_start_steps` on,
+    so the generator never meets an untrained one at full weight."""
+    c = loss_cfg
+    if step < c.gan_start_steps:
+        return 0.0
+    if c.gan_warmup_steps <= 0:
+        return c.gan
+    return c.gan * min(1.0, (step - c.gan_start_steps + 1) / c.gan_warmup_steps)
+
+
+def scale_floor(loss_cfg: LossConfig, step: int) -> float:
+    """The s* floor of the depth loss at `step`: depth_scale_floor fading linearly to 0."""
+    c = loss_cfg
+    if c.depth_scale_floor <= 0:
+        return 0.0
+    if c.depth_scale_floor_steps <= 0:  # a floor for the whole run
+        return c.depth_scale_floor
+    return c.depth_scale_floor * max(0.0, 1.0 - step / c.depth_scale_floor_steps)
 
 
 def generator_losses(
@@ -80,9 +95,11 @@ def generator_losses(
     if target_disparity is not None and (c.depth or c.scale):
         target = normalize_disparity(target_disparity).flatten(1)  # (B, H*W)
         terms["depth"], s, _ = depth_loss(canonical.weights, canonical.sample_disparity, target,
-                                          grad_through_st=c.depth_grad_through_st)
-        terms["scale"] = scale_loss(s, c.small_scale)
-        terms["s_star"] = s.detach().mean()
+                                          grad_through_st=c.depth_grad_through_st,
+                                          min_scale=scale_floor(c, step))
+        terms["scale"] = scale_loss(s, c.small_scale, c.max_scale)
+        terms["s_star"] = s.detach().mean()  # the s used (>= the floor while it is on)
+        terms["s_floor"] = torch.tensor(scale_floor(c, step))
         total = total + c.depth * terms["depth"] + c.scale * terms["scale"]
     if c.distortion or c.interlevel:
         renders = [canonical] + ([novel] if novel is not None else [])

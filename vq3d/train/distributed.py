@@ -110,6 +110,31 @@ def wrap_ddp(module: nn.Module, info: DistInfo, **ddp_kwargs: Any) -> nn.Module:
     return nn.parallel.DistributedDataParallel(module, device_ids=device_ids, **ddp_kwargs)
 
 
+def broadcast_parameters(modules: list[nn.Module], src: int = 0) -> None:
+    """Copy rank `src`'s parameters and buffers into every rank (for modules outside DDP)."""
+    if not is_distributed():
+        return
+    for module in modules:
+        for tensor in list(module.parameters()) + list(module.buffers()):
+            dist.broadcast(tensor.data, src)
+
+
+def all_reduce_grads(params: list[nn.Parameter]) -> None:
+    """Average gradients over ranks (one flat all-reduce) for parameters outside DDP."""
+    if not is_distributed():
+        return
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return
+    flat = torch.cat([g.flatten() for g in grads])
+    dist.all_reduce(flat)
+    flat /= dist.get_world_size()
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset: offset + g.numel()].view_as(g))
+        offset += g.numel()
+
+
 def unwrap_model(module: nn.Module) -> nn.Module:
     """The plain module inside DDP / DataParallel / torch.compile wrappers (any nesting)."""
     while True:

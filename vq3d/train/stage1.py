@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
 from vq3d.config import Config
@@ -28,7 +27,15 @@ from vq3d.models.stage1 import Stage1Model
 from vq3d.render.cameras import sample_novel_cameras
 from vq3d.train.batches import batch_stream
 from vq3d.train.checkpoint import load_checkpoint, save_checkpoint, seed_everything
-from vq3d.train.distributed import barrier, cleanup, is_distributed, reduce_metrics, setup_distributed, wrap_ddp
+from vq3d.train.distributed import (
+    all_reduce_grads,
+    barrier,
+    broadcast_parameters,
+    cleanup,
+    reduce_metrics,
+    setup_distributed,
+    wrap_ddp,
+)
 from vq3d.train.ema import EMA
 from vq3d.train.logger import RunLogger
 from vq3d.train.panels import stage1_panel
@@ -36,22 +43,6 @@ from vq3d.train.run_control import RunControl
 from vq3d.train.runs import prepare_run
 from vq3d.train.schedule import lr_at, set_lr
 from vq3d.utils.io import atomic_write_json
-
-
-def _all_reduce_grads(params: list[nn.Parameter]) -> None:
-    """Average gradients over ranks (one flat all-reduce)."""
-    if not is_distributed():
-        return
-    grads = [p.grad for p in params if p.grad is not None]
-    if not grads:
-        return
-    flat = torch.cat([g.flatten() for g in grads])
-    dist.all_reduce(flat)
-    flat /= dist.get_world_size()
-    offset = 0
-    for g in grads:
-        g.copy_(flat[offset: offset + g.numel()].view_as(g))
-        offset += g.numel()
 
 
 class Stage1Trainer:
@@ -84,6 +75,11 @@ class Stage1Trainer:
         if start_step > 0:
             state = load_checkpoint(self.run_dir, self._modules(), self._optimizers())
             self.skipped = int(state.get("skipped", 0))
+        # DDP syncs the autoencoder; the discriminators and the logit-Laplace scale live outside
+        # it (R1's double backward), so rank 0's values are copied to every rank here and their
+        # gradients are averaged by hand.
+        self.outside_ddp = [m for m in (self.d_main, self.d_novel, self.logit_laplace) if m is not None]
+        broadcast_parameters(self.outside_ddp)
         self.forward = wrap_ddp(self.model, self.info)
         if t.compile and self.device.type == "cuda":
             self.forward = torch.compile(self.forward)
@@ -119,7 +115,10 @@ class Stage1Trainer:
         gen = torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + step * 97 + self.info.rank)
         r = cfg.render
         novel_c2w = None
-        if self.use_gan or cfg.loss.interlevel:
+        # Novel views feed only the novel-view discriminator, so they are rendered (and both
+        # discriminators trained) only once the GAN has started.
+        gan_active = self.use_gan and step >= cfg.loss.gan_start_steps
+        if gan_active:
             novel_c2w = sample_novel_cameras(images.shape[0], r.camera_distance, r.fov_deg, r.sampling_radius,
                                              gen).c2w.to(self.device)
         for p in self.d_params:
@@ -135,6 +134,7 @@ class Stage1Trainer:
             return None
         self.opt_g.zero_grad(set_to_none=True)
         total.backward()
+        all_reduce_grads(list(self.logit_laplace.parameters()))
         grad_norm = torch.nn.utils.clip_grad_norm_(
             [p for g in self.opt_g.param_groups for p in g["params"]], cfg.train.grad_clip or float("inf"))
         self.opt_g.step()
@@ -146,7 +146,7 @@ class Stage1Trainer:
         logs = {k: float(v.detach()) for k, v in terms.items()}
         logs.update(loss=float(total.detach()), lr=lr, grad_norm=float(grad_norm),
                     perplexity=float(quant.perplexity), codes_restarted=restarted)
-        if self.use_gan:
+        if gan_active:
             for p in self.d_params:
                 p.requires_grad_(True)
             set_lr(self.opt_d, lr_at(step, cfg.train.disc_lr, cfg.train.warmup_steps, cfg.train.steps,
@@ -158,7 +158,7 @@ class Stage1Trainer:
             self.opt_d.zero_grad(set_to_none=True)
             if torch.isfinite(d_total):
                 d_total.backward()
-                _all_reduce_grads(self.d_params)
+                all_reduce_grads(self.d_params)
                 self.opt_d.step()
             logs.update({k: float(v.detach()) for k, v in d_terms.items()})
         self._last = (images, out)
