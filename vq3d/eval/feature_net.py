@@ -11,12 +11,14 @@ Saved as `<dir>/feature_net.safetensors` + `<dir>/feature_net.json`, both writte
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from tqdm import tqdm
 
 from vq3d.errors import UserError
 from vq3d.utils.io import atomic_write, atomic_write_json
@@ -45,6 +47,7 @@ class FeatureNet(nn.Module):
     def __init__(self, cfg: FeatureNetConfig) -> None:
         super().__init__()
         self.cfg = cfg
+        self.trained_steps = 0  # set by train_feature_net
         w = cfg.width
         self.trunk = nn.Sequential(
             _stage(3, w, 1), _stage(w, 2 * w, 2), _stage(2 * w, 4 * w, 2), _stage(4 * w, 4 * w, 2)
@@ -60,40 +63,53 @@ class FeatureNet(nn.Module):
 
 @torch.no_grad()
 def extract_features(model: FeatureNet, images: Tensor, batch_size: int = 64) -> tuple[Tensor, Tensor]:
-    """Run the frozen net over (N,3,H,W) images in batches -> features (N,D), logits (N,K) on CPU."""
+    """Run the frozen net over (N,3,H,W) images (float in [-1,1] or uint8) in batches -> features
+    (N,D), logits (N,K) on CPU."""
     model.eval()
     device = next(model.parameters()).device
-    outs = [model(images[i : i + batch_size].to(device)) for i in range(0, images.shape[0], batch_size)]
+    outs = []
+    for i in range(0, images.shape[0], batch_size):
+        x = images[i : i + batch_size].to(device)
+        outs.append(model(x.float() / 127.5 - 1.0 if x.dtype == torch.uint8 else x))
     return torch.cat([f.cpu() for f, _ in outs]), torch.cat([lg.cpu() for _, lg in outs])
 
 
 def train_feature_net(
     images: Tensor, labels: Tensor, num_classes: int, steps: int = 500, seed: int = 0,
     batch_size: int = 64, lr: float = 2e-3, width: int = 32, feature_dim: int = 128,
+    max_seconds: float = 0.0, device: torch.device | str = "cpu", progress: bool = False,
 ) -> FeatureNet:
-    """Train a FeatureNet with cross-entropy on (N,3,H,W) images in [-1,1] and (N,) int labels.
+    """Train a FeatureNet with cross-entropy on (N,3,H,W) images (float in [-1,1] or uint8) and (N,)
+    int labels.
 
-    Adam, random batches with random horizontal flips, deterministic given `seed`. Returns the model
-    in eval mode with gradients off.
+    Adam, random batches with random horizontal flips, deterministic given `seed`. Stops after
+    `steps`, or earlier once `max_seconds` (> 0) have passed; `model.trained_steps` says how many
+    ran. Returns the model in eval mode with gradients off.
     """
     if images.shape[0] != labels.shape[0]:
         raise ValueError(f"{images.shape[0]} images but {labels.shape[0]} labels")
     gen = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = FeatureNet(FeatureNetConfig(num_classes, width=width, feature_dim=feature_dim))
+        model = FeatureNet(FeatureNetConfig(num_classes, width=width, feature_dim=feature_dim)).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     labels = labels.long()
     model.train()
-    for _ in range(steps):
+    start, done = time.monotonic(), 0
+    for _ in tqdm(range(steps), desc="feature net", disable=not progress, leave=False):
+        if max_seconds > 0 and time.monotonic() - start > max_seconds:
+            break
         idx = torch.randint(0, images.shape[0], (min(batch_size, images.shape[0]),), generator=gen)
-        x = images[idx].float()
+        x = images[idx]
+        x = x.float() / 127.5 - 1.0 if x.dtype == torch.uint8 else x.float()
         flip = torch.rand(x.shape[0], generator=gen) < 0.5
-        x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
-        loss = F.cross_entropy(model(x)[1], labels[idx])
+        x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x).to(device)
+        loss = F.cross_entropy(model(x)[1], labels[idx].to(device))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        done += 1
+    model.trained_steps = done
     return model.eval().requires_grad_(False)
 
 

@@ -85,9 +85,35 @@ def frechet_distance(
     return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * tr_sqrt)
 
 
+def frechet_distance_low_rank(features_a: ArrayLike, features_b: ArrayLike) -> float:
+    """The Frechet distance of two feature sets' Gaussians, exact, without a D x D square root.
+
+    With centred features A (N_a,D), B (N_b,D), S_a = A^T A / (N_a - 1) and S_b likewise, the
+    nonzero eigenvalues of S_a S_b are those of M M^T / c with M = A B^T (N_a,N_b), c = (N_a-1)(N_b-1)
+    (XY and YX share nonzero eigenvalues), so tr sqrt(S_a S_b) = (sum of singular values of M) / sqrt(c).
+    Cost O(N_a N_b D) instead of O(D^3): the route for sets smaller than the feature dimension.
+    """
+    a, b = _as_f64(features_a), _as_f64(features_b)
+    if a.shape[0] < 2 or b.shape[0] < 2:
+        raise ValueError("the Frechet distance needs at least 2 samples in each set")
+    mu_a, mu_b = a.mean(axis=0), b.mean(axis=0)
+    ca, cb = a - mu_a, b - mu_b
+    na, nb = a.shape[0] - 1, b.shape[0] - 1
+    tr_sqrt = np.linalg.svd(ca @ cb.T, compute_uv=False).sum() / math.sqrt(na * nb)
+    diff = mu_a - mu_b
+    return float(diff @ diff + (ca * ca).sum() / na + (cb * cb).sum() / nb - 2.0 * tr_sqrt)
+
+
 def fid_from_features(features_a: ArrayLike, features_b: ArrayLike) -> float:
-    """FID between two feature sets (N_a,D) and (N_b,D), e.g. Inception pool3 features."""
-    return frechet_distance(*feature_stats(features_a), *feature_stats(features_b))
+    """FID between two feature sets (N_a,D) and (N_b,D), e.g. Inception pool3 features.
+
+    Small sets (N_a N_b <= D^2) take the exact low-rank route (`frechet_distance_low_rank`), others
+    the covariance route of pytorch-fid (`frechet_distance`); both give the same number.
+    """
+    a, b = _as_f64(features_a), _as_f64(features_b)
+    if a.shape[0] * b.shape[0] <= a.shape[1] ** 2:
+        return frechet_distance_low_rank(a, b)
+    return frechet_distance(*feature_stats(a), *feature_stats(b))
 
 
 # ----------------------------------------------------------------------------- KID, IS
@@ -223,3 +249,18 @@ def non_flatness_score(depth: Tensor, min_depth: float, max_depth: float, num_bi
         p = hist / hist.sum()
         scores.append(math.exp(float(-torch.special.xlogy(p, p).sum())))
     return float(np.mean(scores))
+
+
+def depth_at_accumulated_weight(weights: Tensor, sample_disparity: Tensor, far: float,
+                                level: float = 0.5) -> Tensor:
+    """Per ray, the distance of the first sample at which the accumulated weight reaches `level`
+    (0.5: the depth map that 3DGP's non-flatness score histograms); `far` where it never does.
+
+    weights, sample_disparity: (B, N, S) of the NeRF level (RenderOutput); -> (B, N) distances.
+    """
+    cumulative = weights.double().cumsum(dim=-1)  # (B, N, S)
+    reached = cumulative >= level
+    first = reached.to(torch.int8).argmax(dim=-1, keepdim=True)  # index of the first True (0 if none)
+    disparity = sample_disparity.double().gather(-1, first)[..., 0]  # (B, N)
+    depth = 1.0 / disparity.clamp_min(1e-12)
+    return torch.where(reached.any(dim=-1), depth, torch.full_like(depth, far)).float()

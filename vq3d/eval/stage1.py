@@ -1,10 +1,12 @@
 """`vq3d eval stage1`: Stage-1 quality on held-out synthetic scenes against ground truth.
 
 Reported (one JSON object):
-- psnr: canonical reconstruction vs the input image (dB);
+- psnr, ssim, lpips: canonical reconstruction vs the input image (PSNR in dB; LPIPS when its
+  weights are configured, else listed under "skipped" with the reason);
 - depth_accuracy: the paper's metric (rendered depth vs ground-truth depth, each normalized to
   zero mean and unit variance per image, then MSE);
-- novel_view_psnr: renders at the dataset's novel cameras vs their ground-truth images;
+- novel_view_psnr, novel_view_ssim, novel_view_lpips: renders at the dataset's novel cameras vs
+  their ground-truth images;
 - copy_baseline_psnr: the input image itself scored against the same novel views (what a model
   without 3D would get);
 - disparity_scale: mean s* of Eq. 1 against the per-image normalized ground-truth disparity;
@@ -14,6 +16,7 @@ Reported (one JSON object):
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
@@ -28,10 +31,15 @@ from vq3d.train.runs import load_stage1
 
 @torch.no_grad()
 def evaluate_stage1(run_dir: str | Path, data_path: str | Path, split: str = "test", max_scenes: int = 0,
-                    batch_size: int = 16, device: str = "cpu", use_ema: bool = True) -> dict[str, float]:
-    """Metrics of the run's Stage-1 model on a synthetic dataset's `split` (see module docstring)."""
+                    batch_size: int = 16, device: str = "cpu", use_ema: bool = True,
+                    lpips_vgg: str | None = None, lpips_lin: str | None = None) -> dict[str, Any]:
+    """Metrics of the run's Stage-1 model on a synthetic dataset's `split` (see module docstring).
+
+    LPIPS weights: `lpips_vgg` / `lpips_lin`, else the run's loss.lpips_vgg_path / lpips_lin_path.
+    """
     from vq3d.data.loader import is_synthetic_root
     from vq3d.data.synthetic_dataset import SyntheticDataset
+    from vq3d.eval.common import load_lpips
 
     if not is_synthetic_root(data_path):
         raise UserError(f"{data_path} is not a synthetic dataset: `eval stage1` needs ground-truth "
@@ -46,6 +54,12 @@ def evaluate_stage1(run_dir: str | Path, data_path: str | Path, split: str = "te
     sums: dict[str, float] = {}
     counts: dict[str, int] = {}
     used = torch.zeros(cfg.model.codebook_size, dtype=torch.bool)
+    lpips, lpips_reason = load_lpips(lpips_vgg, lpips_lin, cfg)
+    skipped = {} if lpips is not None else {"lpips": lpips_reason, "novel_view_lpips": lpips_reason}
+    if res < 11:
+        reason = f"SSIM's 11x11 window needs images of at least 11 px (these are {res})"
+        skipped.update({"ssim": reason, "novel_view_ssim": reason})
+    lpips = lpips.to(device) if lpips is not None else None
 
     def add(name: str, values: torch.Tensor) -> None:
         sums[name] = sums.get(name, 0.0) + float(values.double().sum())
@@ -60,7 +74,10 @@ def evaluate_stage1(run_dir: str | Path, data_path: str | Path, split: str = "te
         scene = model.decode_codes(quant.codes)
         canon = model.render(scene, model.canonical_cameras(images.shape[0], device))
         add("psnr", psnr(canon.rgb, images, reduction="none"))
-        add("ssim", ssim(canon.rgb, images, reduction="none") if res >= 11 else torch.empty(0))
+        if res >= 11:
+            add("ssim", ssim(canon.rgb, images, reduction="none"))
+        if lpips is not None:
+            add("lpips", lpips(canon.rgb, images))
         gt_depth = batch["depth"].to(device)
         add("depth_accuracy", depth_accuracy(canon.depth, gt_depth, reduction="none"))
         target = normalize_disparity(1.0 / gt_depth).flatten(1)
@@ -70,10 +87,15 @@ def evaluate_stage1(run_dir: str | Path, data_path: str | Path, split: str = "te
         for k in range(novel_images.shape[1]):
             novel = model.render(scene, Cameras(novel_c2w[:, k], cfg.render.fov_deg))
             add("novel_view_psnr", psnr(novel.rgb, novel_images[:, k], reduction="none"))
+            if res >= 11:
+                add("novel_view_ssim", ssim(novel.rgb, novel_images[:, k], reduction="none"))
+            if lpips is not None:
+                add("novel_view_lpips", lpips(novel.rgb, novel_images[:, k]))
             add("copy_baseline_psnr", psnr(images, novel_images[:, k], reduction="none"))
             add("novel_depth_accuracy",
                 depth_accuracy(novel.depth, batch["novel_depths"][:, k].to(device), reduction="none"))
     metrics = {name: sums[name] / counts[name] for name in sums if counts[name]}
     metrics["codebook_usage"] = float(used.float().mean())
     metrics["scenes"] = len(dataset)
+    metrics["skipped"] = skipped
     return metrics
