@@ -196,10 +196,10 @@ def test_growing_a_dataset_equals_generating_it_at_once(tmp_path):
 def test_an_interrupted_run_lists_only_complete_scenes_and_resumes_identically(tmp_path, monkeypatch):
     real_render = synthetic_writer.render_scene
 
-    def crash_on_scene_4(scene, resolution):
+    def crash_on_scene_4(scene, resolution, supersample=1):
         if scene.index == 4:
             raise RuntimeError("injected crash")
-        return real_render(scene, resolution)
+        return real_render(scene, resolution, supersample)
 
     monkeypatch.setattr(synthetic_writer, "render_scene", crash_on_scene_4)
     with pytest.raises(RuntimeError, match="injected"):
@@ -239,6 +239,7 @@ def one_line_error(capsys) -> str:
     (["--camera-distance", "0.8"], "camera distance"),
     (["--fov-deg", "0"], "field of view"),
     (["--sampling-radius", "-0.1"], "sampling radius"),
+    (["--supersample", "0"], "supersample 0"),
 ])
 def test_bad_settings_exit_2_with_one_line_and_write_nothing(tmp_path, capsys, extra, says):
     out = tmp_path / "data"
@@ -312,8 +313,10 @@ def test_dataset_reader_shapes_ranges_splits_and_values(tmp_path):
     assert item["novel_images"].shape == (2, 3, 16, 16) and item["novel_depths"].shape == (2, 1, 16, 16)
     assert item["novel_c2w"].shape == (2, 4, 4) and item["c2w"].shape == (4, 4)
     assert item["fov_deg"] == 45.0 and 0 <= item["label"] < len(SHAPES)
-    # values: the files hold exactly what the renderer produced (depth as float32)
-    render = render_scene(sample_scene(1, 0, 2), 16)
+    # values: the files hold exactly what the renderer produced (depth as float32), at the
+    # default 2x2 supersampling recorded on the card
+    assert ds.card["supersample"] == 2
+    render = render_scene(sample_scene(1, 0, 2), 16, supersample=2)
     np.testing.assert_array_equal(item["depth"][0].numpy(), render.depth[0].astype(np.float32))
     np.testing.assert_array_equal(item["novel_depths"][:, 0].numpy(), render.depth[1:].astype(np.float32))
     expected = torch.from_numpy(render.to_uint8()[2].astype(np.float32)).permute(2, 0, 1) / 127.5 - 1.0
@@ -344,3 +347,32 @@ def test_bench_reports_json(capsys):
     result = json.loads(capsys.readouterr().out)
     assert result["benchmark"] == "synth" and result["generate_scenes_per_s"] > 0
     assert result["raycast_scenes_per_s"] > 0 and "generate_over_raycast" in result
+
+
+def test_supersampling_box_filters_a_k_times_finer_render():
+    scene = scene_of_class(0, views=1)
+    coarse, fine = render_scene(scene, 8, supersample=3), render_scene(scene, 24)
+    block = fine.rgb.reshape(2, 8, 3, 8, 3, 3)
+    assert np.allclose(coarse.rgb, block.mean(axis=(2, 4)))
+    disparity = (1.0 / fine.depth).reshape(2, 8, 3, 8, 3).mean(axis=(2, 4))
+    assert np.allclose(coarse.depth, 1.0 / disparity)
+    hits = fine.on_object.reshape(2, 8, 3, 8, 3).mean(axis=(2, 4))
+    assert np.array_equal(coarse.on_object, hits > 0.5)
+    # an edge pixel mixes object and wall: its colour is between (not one of) the two point samples
+    mixed = (hits > 0) & (hits < 1)
+    assert mixed.any()
+    assert np.array_equal(render_scene(scene, 8, supersample=1).rgb, render_scene(scene, 8).rgb)
+
+
+def test_supersample_is_a_dataset_setting_and_old_cards_mean_one_ray_per_pixel(tmp_path, capsys):
+    from vq3d.data.synthetic import CameraSettings
+
+    out = tmp_path / "data"
+    generate_dataset(out, 2, 16, views=1, camera=CameraSettings(supersample=1), progress=False)
+    card = json.loads((out / "dataset.json").read_text())
+    assert card["supersample"] == 1
+    del card["supersample"]  # a card written before supersampling existed
+    (out / "dataset.json").write_text(json.dumps(card))
+    generate_dataset(out, 3, 16, views=1, camera=CameraSettings(supersample=1), progress=False)  # continues
+    assert main(synth_args(out, "--n", "4", "--supersample", "2")) == 2
+    assert "supersample" in one_line_error(capsys)

@@ -28,6 +28,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sampling-radius", type=float, default=defaults.sampling_radius,
                    help=f"radius of the novel-camera disc (default {defaults.sampling_radius}: "
                         "render.sampling_radius)")
+    p.add_argument("--supersample", type=int, default=2,
+                   help="rays per pixel side, box-filtered (default 2; 1 = one ray through each pixel centre)")
     p.add_argument("--contact-sheet", metavar="PATH",
                    help="also write a PNG contact sheet of the first scenes")
     p.add_argument("--contact-sheet-rows", type=int, default=8,
@@ -44,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.contact_sheet and args.contact_sheet_rows < 1:
         raise UserError(f"--contact-sheet-rows {args.contact_sheet_rows}: need at least one row")
-    camera = CameraSettings(args.camera_distance, args.fov_deg, args.sampling_radius)
+    camera = CameraSettings(args.camera_distance, args.fov_deg, args.sampling_radius, args.supersample)
     card = generate_dataset(args.out, args.n, args.res, args.views, args.seed, camera,
                             progress=not args.no_progress)
     print(f"{args.out}: {card['n_scenes']} scenes ({card['n_train']} train, {card['n_test']} test), "

@@ -40,7 +40,8 @@ TEST_EVERY = 10  # scene i is held out (split "test") when i % TEST_EVERY == TES
 CARD_NAME, MANIFEST_NAME = "dataset.json", "manifest.jsonl"
 # the card's keys that must match for a rerun to continue a dataset
 SETTING_KEYS = ("format", "version", "resolution", "views", "seed", "camera_distance", "fov_deg",
-                "sampling_radius", "classes", "test_every")
+                "sampling_radius", "supersample", "classes", "test_every")
+SETTING_DEFAULTS = {"supersample": 1}  # cards written before the key existed
 _WRITE_QUEUE = 4  # scenes encoded ahead of the writer thread
 RECORD_KEYS = ("index", "split", "label", "class_name", "image", "novel_images", "depth", "fov_deg",
                "c2w", "novel_c2w")
@@ -55,7 +56,8 @@ def dataset_settings(resolution: int, views: int, seed: int, camera: CameraSetti
     return {
         "format": FORMAT, "version": FORMAT_VERSION, "resolution": resolution, "views": views,
         "seed": seed, "camera_distance": camera.camera_distance, "fov_deg": camera.fov_deg,
-        "sampling_radius": camera.sampling_radius, "classes": list(SHAPES), "test_every": TEST_EVERY,
+        "sampling_radius": camera.sampling_radius, "supersample": camera.supersample,
+        "classes": list(SHAPES), "test_every": TEST_EVERY,
     }
 
 
@@ -119,9 +121,10 @@ def _npy_bytes(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def render_for_disk(scene: Scene, resolution: int) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
+def render_for_disk(scene: Scene, resolution: int,
+                    supersample: int = 1) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
     """Render a scene: its manifest record, images (V, H, W, 3) uint8 and depth (V, H, W) float32."""
-    render = render_scene(scene, resolution)
+    render = render_scene(scene, resolution, supersample)
     return scene_record(scene, scene.c2w.shape[0] - 1), render.to_uint8(), render.depth.astype(np.float32)
 
 
@@ -225,9 +228,9 @@ def _check_resume(root: Path, settings: dict[str, Any]) -> None:
         raise UserError(f"--out {root} is not empty and holds no vq3d synthetic dataset "
                         f"({CARD_NAME} missing); pass an empty or new folder")
     card = read_card(root)
-    differ = [key for key in SETTING_KEYS if card.get(key) != settings[key]]
+    differ = [key for key in SETTING_KEYS if card.get(key, SETTING_DEFAULTS.get(key)) != settings[key]]
     if differ:
-        found = ", ".join(f"{key}={card.get(key)!r}" for key in differ)
+        found = ", ".join(f"{key}={card.get(key, SETTING_DEFAULTS.get(key))!r}" for key in differ)
         asked = ", ".join(f"{key}={settings[key]!r}" for key in differ)
         raise UserError(f"{root} holds a dataset made with {found} but this run asks for {asked}; "
                         "rerun with the same settings to continue it, or pass a new --out folder")
@@ -298,7 +301,8 @@ def generate_dataset(
 
     try:
         for index in range(len(records), n):
-            record, images, depth = render_for_disk(sample_scene(seed, index, views, camera), resolution)
+            record, images, depth = render_for_disk(sample_scene(seed, index, views, camera), resolution,
+                                                      camera.supersample)
             pending.append((record, writer.submit(write_scene_files, root, record, images, depth)))
             while pending and (len(pending) > _WRITE_QUEUE or pending[0][1].done()):
                 complete_oldest()

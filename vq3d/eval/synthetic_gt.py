@@ -26,7 +26,7 @@ class GroundTruth:
         card = dataset.card
         self.seed, self.views = int(card["seed"]), int(card["views"])
         self.camera = CameraSettings(float(card["camera_distance"]), float(card["fov_deg"]),
-                                     float(card["sampling_radius"]))
+                                     float(card["sampling_radius"]), int(card.get("supersample", 1)))
         self.resolution = int(card["resolution"])
         self._checked: set[int] = set()
 
@@ -40,7 +40,7 @@ class GroundTruth:
         check = item not in self._checked
         canonical = scene.c2w[:1]
         scene.c2w = torch.cat([canonical, c2w.detach().cpu().float()]) if check else c2w.detach().cpu().float()
-        out = render_scene(scene, self.resolution)
+        out = render_scene(scene, self.resolution, self.camera.supersample)
         images = torch.from_numpy(out.to_uint8()).permute(0, 3, 1, 2).float() / 127.5 - 1.0  # (V', 3, R, R)
         depth = torch.from_numpy(out.depth.astype(np.float32))[:, None]  # (V', 1, R, R)
         if check:
