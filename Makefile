@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO := runs/demo
-DEMO_MINUTES ?= 5
+DEMO_MINUTES ?= 14
 
 .PHONY: demo test install bench clean
 
@@ -16,18 +16,16 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)
 
-# Synthetic dataset -> contact sheet -> a short Stage-1 run -> held-out evaluation (JSON).
+# The whole pipeline on synthetic data within DEMO_MINUTES (14: 15 with start-up) -> $(DEMO)/index.html.
+# Rerunning skips finished phases and resumes a killed training run.
 demo: $(STAMP)
-	$(BIN)/vq3d synth --out $(DEMO)/data --n 2000 --res 32 --views 4 --seed 0 --contact-sheet $(DEMO)/contact_sheet.png
-	$(BIN)/vq3d train stage1 --preset demo --data $(DEMO)/data --out $(DEMO)/stage1 --max-minutes $(DEMO_MINUTES) \
-		$$(test -d $(DEMO)/stage1/checkpoints && echo --resume)
-	$(BIN)/vq3d eval stage1 --run $(DEMO)/stage1 --data $(DEMO)/data --json | tee $(DEMO)/stage1_eval.json
+	$(BIN)/vq3d demo --out $(DEMO) --minutes $(DEMO_MINUTES)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2 tests
 
 bench: $(STAMP)
-	for b in synth render loader sample; do $(BIN)/vq3d bench $$b --json; done
+	for b in synth render loader sample viewer; do $(BIN)/vq3d bench $$b --json; done
 
 clean:
 	rm -rf runs

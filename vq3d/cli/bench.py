@@ -11,6 +11,8 @@ BENCHMARKS = {
     "loader": "vq3d.bench.loader",
     "sample": "vq3d.bench.sample",
     "render": "vq3d.bench.render",
+    "viewer": "vq3d.bench.viewer",
+    "paper-step": "vq3d.bench.paper_step",
 }
 
 
