@@ -23,6 +23,8 @@ COMMAND_MODULES = [
     "vq3d.cli.generate",
     "vq3d.cli.reconstruct",
     "vq3d.cli.eval",
+    "vq3d.cli.view",
+    "vq3d.cli.demo",
     "vq3d.cli.bench",
 ]
 

@@ -1,0 +1,152 @@
+"""The demo's time budget: measured unit costs -> estimated fixed phases -> minutes per training stage.
+
+    costs = probe_costs(cfg)                       # seconds per render, encode, sampled sequence
+    fixed = estimate_fixed_seconds(sizes, costs)   # {"synth": 30.0, "eval_stage1": 40.0, ...}
+    s1, s2 = split_training(seconds_left, fixed_left, stage1_fraction)
+
+The split is the same at every point of a run: Stage 1 gets `stage1_fraction` of what is left for
+training once the estimated fixed phases (everything but the two training loops) and a reserve are
+subtracted; Stage 2 gets whatever is left when it starts. The estimate of each fixed phase is
+(number of renders, encodes, samples it does) x (the unit cost measured on this machine with the
+run's own model sizes, untrained), so a busy machine or a larger preset plans for itself.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+
+from vq3d.config import Config
+
+SYNTH_SECONDS_PER_IMAGE_32 = 0.004  # the exact ray caster, per 32x32 image (2 CPU cores, idle)
+TRAIN_OVERHEAD_SECONDS = 15.0  # dataset build, model set-up, last step's overrun, final checkpoint
+REPORT_SECONDS = 3.0
+LOAD_SECONDS = 2.0  # a phase's fixed start: loading models, building datasets
+FILES_SECONDS = 1.0  # writing one scene's files: PNGs, the MP4 (an ffmpeg process), the GIF, triplanes
+MIN_TRAIN_MINUTES = 0.2  # a budget below this for either stage is refused up front
+FIXED_SHARE = 0.35  # the fixed phases may take this share of the budget before their counts shrink
+# phases whose work shrinks when the budget is short: first the metrics' counts, then the visuals
+METRIC_PHASES = ("eval_stage1", "features", "eval_generation", "eval_radius")
+VISUAL_PHASES = ("reconstruct", "generate")
+SCENES_PER_MINUTE = 200  # default dataset size for short budgets (2000 from 10 minutes on)
+MAX_DEFAULT_SCENES = 2000
+
+
+@dataclass
+class UnitCosts:
+    """Seconds per unit of work, measured with the run's model sizes (`probe_costs`)."""
+
+    render_batched: float  # one image rendered inside a batch (evaluation)
+    render_single: float  # one image rendered alone (orbit frames, views of one scene)
+    encode: float  # one image encoded to tokens, inside a batch
+    sample_sequence: float  # one Stage-2 sequence sampled (with the KV cache)
+    probe_seconds: float  # what measuring took
+
+    def as_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+@dataclass
+class DemoSizes:
+    """How much work each fixed phase does."""
+
+    n_scenes: int
+    resolution: int
+    views: int
+    eval_scenes: int
+    recon_scenes: int
+    generated: int  # samples in all classes
+    classes: int  # one `generate` call (models loaded) per class
+    frames: int
+    mesh_resolution: int
+    samples_per_ray: int  # proposal + NeRF samples: a render queries res^2 x this many points
+    synth_done: int = 0  # scenes already on disk
+
+
+@torch.no_grad()
+def probe_costs(cfg: Config, device: str = "cpu", batch: int = 4, num_classes: int = 5) -> UnitCosts:
+    """Time one batched render, one single render, one encode and one sampled sequence of an
+    untrained model of `cfg`'s sizes (warm-up call first); a few seconds for the demo preset."""
+    from vq3d.models.gpt import GPT
+    from vq3d.models.sampling import sample
+    from vq3d.models.stage1 import Stage1Model
+
+    start = time.perf_counter()
+    gen = torch.Generator().manual_seed(0)
+    model = Stage1Model(cfg).to(device).eval()
+    res = cfg.data.resolution
+    images = torch.rand(batch, 3, res, res, generator=gen).to(device) * 2 - 1
+
+    def timed(fn) -> float:
+        t = time.perf_counter()
+        fn()
+        return time.perf_counter() - t
+
+    scene = model.decode_codes(model.quantize(images).codes)
+    one = model.decode_codes(model.quantize(images[:1]).codes)
+    model.render(one, model.canonical_cameras(1, device))  # warm-up
+    render_batched = timed(lambda: model.render(scene, model.canonical_cameras(batch, device))) / batch
+    render_single = timed(lambda: model.render(one, model.canonical_cameras(1, device)))
+    encode = timed(lambda: model.encode(images)) / batch
+    gpt = GPT(cfg.model.codebook_size, model.grid**2, num_classes, cfg.stage2).to(device).eval()
+    labels = torch.zeros(1, dtype=torch.long, device=device)
+    sample_sequence = timed(lambda: sample(gpt, 1, labels, generator=torch.Generator(device).manual_seed(0)))
+    return UnitCosts(render_batched, render_single, encode, sample_sequence, time.perf_counter() - start)
+
+
+def estimate_fixed_seconds(sizes: DemoSizes, costs: UnitCosts) -> dict[str, float]:
+    """Estimated seconds of every phase but the training loops, from the work each one does."""
+    s, c = sizes, costs
+    n_test = s.n_scenes // 10  # synthetic_writer.TEST_EVERY: every 10th scene is held out
+    n_train = s.n_scenes - n_test
+    n_eval = min(s.eval_scenes, n_test) if s.eval_scenes else n_test
+    n_recon = min(s.recon_scenes, n_test)
+    pixels = (s.resolution / 32.0) ** 2
+    # a scene's views in `render_scene_files`: canonical + 4 rim views + the orbit
+    scene_files = (1 + 4 + s.frames) * c.render_single + FILES_SECONDS
+    mesh = s.mesh_resolution**3 / (s.resolution**2 * s.samples_per_ray) * c.render_single  # density queries
+    return {
+        "synth": max(0, s.n_scenes - s.synth_done) * (1 + s.views) * pixels * SYNTH_SECONDS_PER_IMAGE_32,
+        "eval_stage1": LOAD_SECONDS + n_eval * ((1 + s.views) * c.render_batched + c.encode),
+        "reconstruct": 2 * LOAD_SECONDS + n_recon * (scene_files + mesh + (1 + s.views) * c.render_single),
+        "tokens": LOAD_SECONDS + n_train * c.encode,
+        "generate": s.classes * LOAD_SECONDS + s.generated * (c.sample_sequence + scene_files),
+        "report": REPORT_SECONDS,
+    }
+
+
+def default_scene_count(minutes: float) -> int:
+    """Synthetic scenes when none are asked for: 200 per minute of budget, 2000 at most, 200 at least."""
+    return int(min(MAX_DEFAULT_SCENES, max(200, round(minutes * SCENES_PER_MINUTE / 10) * 10)))
+
+
+def scale_factor(estimates: dict[str, float], available_seconds: float, share: float = FIXED_SHARE,
+                 scalable_phases: tuple[str, ...] = METRIC_PHASES + VISUAL_PHASES) -> float:
+    """Factor (<= 1) for the counts of `scalable_phases` so that all fixed phases fit in `share`
+    of `available_seconds` (0 when even the others alone do not fit)."""
+    scalable = sum(v for k, v in estimates.items() if k in scalable_phases)
+    others = sum(v for k, v in estimates.items() if k not in scalable_phases)
+    room = share * available_seconds - others
+    if scalable <= 0 or room >= scalable:
+        return 1.0
+    return max(0.0, room / scalable)
+
+
+def scaled(count: int, factor: float, floor: int) -> int:
+    """`count` x `factor`, rounded down, but not below `floor` (nor above `count`)."""
+    return min(count, max(floor, int(count * factor)))
+
+
+def split_training(seconds_left: float, fixed_left: float, stage1_fraction: float,
+                   reserve_seconds: float) -> tuple[float, float]:
+    """(Stage-1, Stage-2) training seconds: what remains after the fixed phases and the reserve,
+    `stage1_fraction` of it to Stage 1 and the rest to Stage 2 (each less its set-up overhead)."""
+    training = seconds_left - fixed_left - reserve_seconds - 2 * TRAIN_OVERHEAD_SECONDS
+    return stage1_fraction * training, (1.0 - stage1_fraction) * training
+
+
+def reserve_seconds(total_seconds: float) -> float:
+    """Slack kept back for estimate errors and process start-up: 3% of the total, at least 10 s."""
+    return max(10.0, 0.03 * total_seconds)
