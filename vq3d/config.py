@@ -214,9 +214,18 @@ def demo() -> Config:
     cfg.render.near = 0.5
     cfg.render.mlp_hidden = 32
     cfg.render.proposal_anneal_steps = 200
+    # Geometry must form within minutes (see README, "Presets"): a strong depth loss whose s* is
+    # floored while the weights are still spread along the rays, Eq. 3's threshold at the
+    # synthetic scenes' true disparity scale (1.5-2.3), and the GAN only for the last part.
+    cfg.loss.depth = 5.0
+    cfg.loss.depth_scale_floor = 1.5
+    cfg.loss.depth_scale_floor_steps = 600
+    cfg.loss.max_scale = 2.5
+    cfg.loss.gan_start_steps = 2600
+    cfg.loss.gan_warmup_steps = 200
     cfg.train = TrainConfig(
-        batch_size=16, lr=1e-3, disc_lr=2e-4, warmup_steps=100, steps=3000, ckpt_every=200,
-        log_every=10, image_every=200, weight_decay=0.0,
+        batch_size=8, lr=1e-3, disc_lr=2e-4, warmup_steps=100, steps=3200, ckpt_every=500,
+        log_every=10, image_every=500, weight_decay=0.0,
     )
     cfg.stage2 = Stage2Config(
         layers=4, width=128, heads=4, dropout=0.0, batch_size=32, lr=1e-3,
