@@ -227,9 +227,11 @@ def demo() -> Config:
         batch_size=8, lr=1e-3, disc_lr=2e-4, warmup_steps=100, steps=3200, ckpt_every=500,
         log_every=10, image_every=500, weight_decay=0.0,
     )
+    # 1,800 sequences of 64 tokens: longer training or no dropout overfits (measured: validation
+    # bits per token 4.4 at step 500, 7.3 at step 2,500 without dropout; 4.2 after these 1,000 steps)
     cfg.stage2 = Stage2Config(
-        layers=4, width=128, heads=4, dropout=0.0, batch_size=32, lr=1e-3,
-        warmup_steps=100, steps=3000, val_fraction=0.1,
+        layers=4, width=128, heads=4, dropout=0.1, batch_size=32, lr=1e-3,
+        warmup_steps=100, steps=1000, val_fraction=0.1,
     )
     return cfg
 
