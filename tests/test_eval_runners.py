@@ -162,6 +162,7 @@ def test_radius_curves_match_stage1_eval_at_radius_zero(runs, features, lpips_fi
     assert at0["gt_psnr"] == pytest.approx(stage1["psnr"], rel=1e-5)
     assert at0["gt_ssim"] == pytest.approx(stage1["ssim"], rel=1e-5)
     assert at0["gt_lpips"] == pytest.approx(stage1["lpips"], rel=1e-4)
+    assert at0["gt_depth_accuracy"] == pytest.approx(stage1["depth_accuracy"], rel=1e-4)  # depth with depth
     assert stage1["novel_view_lpips"] >= 0 and math.isfinite(stage1["novel_view_ssim"])
     assert at0["gt_copy_psnr"] == math.inf and math.isfinite(at25["gt_copy_psnr"])
     assert all(math.isfinite(row[k]) for row in result["rows"] for k in ("s1_fd_domain", "gt_depth_accuracy"))

@@ -99,8 +99,10 @@ def _stage1_metrics(model: Any, cfg: Any, dataset: Any, n: int, radius: float, e
             sets["novel", name].add(*extractor(novel.rgb))
         _geometry(means, "s1", canon, cfg, far, estimator, images)
         if "depth" in batch and "novel_c2w" in batch:  # synthetic: ground-truth depth
-            gt_disparity = 1.0 / batch["depth"].to(device)
-            means.add("s1_depth_accuracy_gt", depth_accuracy(canon.disparity, gt_disparity, reduction="none"))
+            gt_depth = batch["depth"].to(device)
+            gt_disparity = 1.0 / gt_depth
+            # depth with depth, as `eval stage1` (the ground-truth depth accuracy)
+            means.add("s1_depth_accuracy_gt", depth_accuracy(canon.depth, gt_depth, reduction="none"))
             s, _ = solve_scale_shift(canon.weights, canon.sample_disparity, normalize_disparity(gt_disparity).flatten(1))
             means.add("s1_disparity_scale_gt", s)
         count += b

@@ -6,7 +6,7 @@ the canonical position in the tangent disc (angles fixed per scene, so only r ch
 - Stage 1: up to `n` held-out images are reconstructed; on the synthetic dataset the renders are
   compared with the ground truth at the same cameras, re-rendered exactly from the stored scene
   (`synthetic_gt.py`): `gt_psnr`, `gt_ssim`, `gt_lpips` (when LPIPS weights are configured),
-  `gt_depth_accuracy` (rendered vs ground-truth disparity) and `gt_copy_psnr` (the input image
+  `gt_depth_accuracy` (rendered vs ground-truth depth, as `eval stage1`) and `gt_copy_psnr` (the input image
   itself against the view at r: what a model without 3D scores). FD-domain / FID of the renders
   against the real images' reference statistics: `s1_fd_domain`, `s1_fid`.
 - Stage 2 (with a Stage-2 run): `n` samples rendered at r: `s2_fd_domain`, `s2_fid` (Figure 7).
@@ -58,7 +58,7 @@ LEGEND = {
     "s1_fd_domain": "Stage 1 (reconstructions)", "s2_fd_domain": "Stage 2 (samples)",
     "gt_psnr": "reconstruction", "gt_copy_psnr": "input image copied (no 3D)",
     "gt_ssim": "SSIM (higher is better)", "gt_lpips": "LPIPS (lower is better)",
-    "gt_depth_accuracy": "reconstruction (rendered vs ground-truth disparity)",
+    "gt_depth_accuracy": "reconstruction (rendered vs ground-truth depth)",
 }
 
 
@@ -178,7 +178,7 @@ def evaluate_radius(stage1_run: str | Path, data_path: str | Path, radii: str | 
                     m.add("gt_ssim", ssim(out.rgb, gt_images, reduction="none"))
                 if lpips is not None:
                     m.add("gt_lpips", lpips(out.rgb, gt_images))
-                m.add("gt_depth_accuracy", depth_accuracy(out.disparity, 1.0 / gt_depth, reduction="none"))
+                m.add("gt_depth_accuracy", depth_accuracy(out.depth, gt_depth, reduction="none"))
         position += b
         s1_count += b
 
