@@ -134,7 +134,8 @@ def train_stage2(cfg: Config, tokens_dir: str | Path, run_dir: str | Path, resum
                     loss.backward()
                     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip or math.inf)
                     opt.step()
-                    last = {"loss": float(loss), "bits_per_token": float(loss) / math.log(2), "lr": lr,
+                    value = float(loss.detach())
+                    last = {"loss": value, "bits_per_token": value / math.log(2), "lr": lr,
                             "grad_norm": float(grad_norm)}
                 step += 1
                 rc.update(step, {"loss": last.get("loss", float("nan"))})
