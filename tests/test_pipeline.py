@@ -91,8 +91,10 @@ def test_discriminators_and_novel_views_wait_for_gan_start(synth, tmp_path):
     assert records[5]["gan_weight"] == pytest.approx(0.1)
 
 
-def test_resume_continues_the_same_loss_curve(synth, tmp_path):
-    common = ["--preset", "tiny", "--data", str(synth), "--set", "data.num_workers=0"]
+@pytest.mark.parametrize("gan_start", [0, 4])  # 4: the discriminators start after the resume
+def test_resume_continues_the_same_loss_curve(synth, tmp_path, gan_start):
+    common = ["--preset", "tiny", "--data", str(synth), "--set", "data.num_workers=0",
+              "--set", f"loss.gan_start_steps={gan_start}"]
     assert main(["train", "stage1", *common, "--out", str(tmp_path / "a"), "--steps", "6"]) == 0
     assert main(["train", "stage1", *common, "--out", str(tmp_path / "b"), "--steps", "3"]) == 0
     assert main(["train", "stage1", "--out", str(tmp_path / "b"), "--resume", "--steps", "6"]) == 0
