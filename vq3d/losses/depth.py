@@ -19,6 +19,20 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
+def _normal_sums(weights: Tensor, sample_disparity: Tensor, target: Tensor) -> tuple[Tensor, ...]:
+    """Per-image sums of Eq. 1's normal equations: sum W D^2, sum W D, sum W, sum W D d, sum W d (each (B,))."""
+    W, D, d = weights, sample_disparity, target[..., None]
+    WD = W * D
+    return ((WD * D).sum(dim=(1, 2)), WD.sum(dim=(1, 2)), W.sum(dim=(1, 2)),
+            (WD * d).sum(dim=(1, 2)), (W * d).sum(dim=(1, 2)))
+
+
+def _solve(a: Tensor, b: Tensor, c: Tensor, e: Tensor, f: Tensor, eps: float = 1e-8) -> tuple[Tensor, Tensor]:
+    det = a * c - b * b
+    det = torch.where(det.abs() < eps, torch.full_like(det, eps), det)
+    return (c * e - b * f) / det, (a * f - b * e) / det
+
+
 def solve_scale_shift(weights: Tensor, sample_disparity: Tensor, target: Tensor,
                       eps: float = 1e-8) -> tuple[Tensor, Tensor]:
     """Closed-form s*, t* of Eq. 1 per image.
@@ -26,17 +40,7 @@ def solve_scale_shift(weights: Tensor, sample_disparity: Tensor, target: Tensor,
     weights, sample_disparity: (B, N, L); target: (B, N). Returns s*, t*: (B,).
     Normal equations: [sum W D^2, sum W D; sum W D, sum W] [s; t] = [sum W D d; sum W d].
     """
-    W, D, d = weights, sample_disparity, target[..., None]
-    a = (W * D * D).sum(dim=(1, 2))
-    b = (W * D).sum(dim=(1, 2))
-    c = W.sum(dim=(1, 2))
-    e = (W * D * d).sum(dim=(1, 2))
-    f = (W * d).sum(dim=(1, 2))
-    det = a * c - b * b
-    det = torch.where(det.abs() < eps, torch.full_like(det, eps), det)
-    s = (c * e - b * f) / det
-    t = (a * f - b * e) / det
-    return s, t
+    return _solve(*_normal_sums(weights, sample_disparity, target), eps=eps)
 
 
 def depth_loss(weights: Tensor, sample_disparity: Tensor, target: Tensor,
@@ -54,15 +58,14 @@ def depth_loss(weights: Tensor, sample_disparity: Tensor, target: Tensor,
     """
     if mask is not None:
         weights = weights * mask[..., None].to(weights.dtype)
-    s, t = solve_scale_shift(weights, sample_disparity, target)
+    sums = _normal_sums(weights, sample_disparity, target)
+    s, t = _solve(*sums)
     if min_scale > 0:
         # Second normal equation b s + c t = f gives the best t for a given s (equal to t* when
         # s = s*), with b = sum W D, c = sum W, f = sum W d.
-        b = (weights * sample_disparity).sum(dim=(1, 2))
-        c = weights.sum(dim=(1, 2)).clamp_min(1e-8)
-        f = (weights * target[..., None]).sum(dim=(1, 2))
+        _, b, c, _, f = sums
         s = s.clamp_min(min_scale)
-        t = (f - s * b) / c
+        t = (f - s * b) / c.clamp_min(1e-8)
     if not grad_through_st:
         s, t = s.detach(), t.detach()
     residual = s[:, None, None] * sample_disparity + t[:, None, None] - target[..., None]
