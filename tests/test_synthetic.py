@@ -328,6 +328,12 @@ def test_dataset_reader_shapes_ranges_splits_and_values(tmp_path):
     assert len(train) == 9 and test[0]["index"] == 9
     batch = next(iter(torch.utils.data.DataLoader(train, batch_size=4)))
     assert batch["image"].shape == (4, 3, 16, 16) and batch["label"].shape == (4,)
+    # training reads no novel views: the same item without them
+    lean = SyntheticDataset(tmp_path, novel_views=False)[0]
+    assert not any(k.startswith("novel") for k in lean) and set(lean) | {"novel_images", "novel_depths",
+                                                                         "novel_c2w"} == set(item)
+    torch.testing.assert_close(lean["image"], item["image"])
+    torch.testing.assert_close(lean["disparity"], item["disparity"])
 
 
 def test_cli_writes_card_and_contact_sheet(tmp_path, capsys):

@@ -99,10 +99,11 @@ def _split_path(path: str, split: str) -> str:
 
 def build_dataset(data: DataConfig, split: str = "train", *, train: bool | None = None,
                   seed: int = 0, rank: int = 0, world_size: int = 1,
-                  require_depth: bool = False) -> Dataset:
+                  require_depth: bool = False, novel_views: bool = True) -> Dataset:
     """The dataset `data` describes. `train` (default: split == "train") enables flips and,
     for shards, shuffling and an endless stream. `require_depth`: raise UserError when the
-    items would carry no disparity (real images without `data.depth_cache`)."""
+    items would carry no disparity (real images without `data.depth_cache`). `novel_views`:
+    synthetic items carry their novel views (training does not need them)."""
     train = split == "train" if train is None else train
     kind = data.kind if data.kind != "auto" else detect_kind(data.path)
     if data.kind == "auto" and kind == "folder" and _split_path(data.path, split) != data.path:
@@ -113,7 +114,8 @@ def build_dataset(data: DataConfig, split: str = "train", *, train: bool | None 
         if not Path(data.path).is_dir():
             raise UserError(f"synthetic dataset {data.path} does not exist: run `vq3d synth`")
         # its splits are "train" and "test": a validation split reads the test scenes
-        return SyntheticDataset(data.path, split="test" if split in ("val", "valid") else split)
+        return SyntheticDataset(data.path, split="test" if split in ("val", "valid") else split,
+                                novel_views=novel_views)
     has_depth = bool(data.depth_cache) or (kind == "webdataset" and data.depth_in_shards)
     if require_depth and not has_depth:
         raise UserError(f"the depth loss needs pseudo-GT depth for {data.path}: run `vq3d depth "

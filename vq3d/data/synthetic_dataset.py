@@ -34,9 +34,12 @@ class SyntheticDataset(torch.utils.data.Dataset):
       label int (index into `class_names`); index int (scene index)
       novel_images (K, 3, H, W); novel_depths (K, 1, H, W); novel_c2w (K, 4, 4)
       c2w (4, 4) the canonical camera; fov_deg float
+    With `novel_views=False` (training, which never looks at them) the novel-view entries are
+    left out and their files are not read.
     """
 
-    def __init__(self, root: str | Path, split: str | None = None) -> None:
+    def __init__(self, root: str | Path, split: str | None = None, novel_views: bool = True) -> None:
+        self.novel_views = novel_views
         if split not in (None, *SPLITS):
             raise UserError(f"split {split!r} is not one of {', '.join(SPLITS)} (or None for every scene)")
         self.root = Path(root)
@@ -73,20 +76,22 @@ class SyntheticDataset(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> dict[str, Any]:
         record = self.records[i]
         depth = torch.from_numpy(np.load(self._path(record["depth"])))  # (1 + K, H, W) float32
-        images = [self._image(rel) for rel in [record["image"], *record["novel_images"]]]
-        novel_c2w = torch.tensor(record["novel_c2w"], dtype=torch.float32).reshape(-1, 4, 4)
-        return {
-            "image": images[0],
+        image = self._image(record["image"])
+        item = {
+            "image": image,
             "depth": depth[:1],
             "disparity": 1.0 / depth[:1],
             "label": int(record["label"]),
             "index": int(record["index"]),
-            "novel_images": torch.stack(images[1:]) if len(images) > 1 else torch.zeros(0, *images[0].shape),
-            "novel_depths": depth[1:, None],
-            "novel_c2w": novel_c2w,
             "c2w": torch.tensor(record["c2w"], dtype=torch.float32),
             "fov_deg": float(record["fov_deg"]),
         }
+        if self.novel_views:
+            novel = [self._image(rel) for rel in record["novel_images"]]
+            item["novel_images"] = torch.stack(novel) if novel else torch.zeros(0, *image.shape)
+            item["novel_depths"] = depth[1:, None]
+            item["novel_c2w"] = torch.tensor(record["novel_c2w"], dtype=torch.float32).reshape(-1, 4, 4)
+        return item
 
 
 # ----------------------------------------------------------------------------- contact sheet
