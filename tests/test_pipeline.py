@@ -91,6 +91,51 @@ def test_discriminators_and_novel_views_wait_for_gan_start(synth, tmp_path):
     assert records[5]["gan_weight"] == pytest.approx(0.1)
 
 
+def test_ray_subset_losses_match_whole_image_losses_at_those_pixels():
+    cfg = load_config("tiny")
+    model = Stage1Model(cfg).eval()
+    images = torch.rand(2, 3, 16, 16) * 2 - 1
+    disparity = torch.rand(2, 1, 16, 16) + 0.5
+    pixels = torch.stack([torch.randperm(256)[:40] for _ in range(2)])
+    from vq3d.losses.reconstruction import LogitLaplaceLoss
+    from vq3d.losses.stage1 import gather_pixels, generator_losses
+
+    with torch.no_grad():
+        out = model(images, pixels=pixels)
+        total, terms = generator_losses(images, disparity, out["quant"], out["canonical"], None, cfg.loss,
+                                        cfg.render, LogitLaplaceLoss(), None, None, None, step=0, pixels=pixels)
+    picked = gather_pixels(images, pixels)
+    assert picked.shape == (2, 3, 1, 40)
+    assert torch.allclose(picked[1, :, 0, 5], images[1].flatten(1)[:, pixels[1, 5]])
+    assert torch.isclose(terms["mse"], (out["canonical"].rgb - picked).square().mean())
+    assert torch.isfinite(total) and "depth" in terms
+    d = Discriminator(16, 3)
+    with pytest.raises(ValueError, match="whole images"):
+        generator_losses(images, disparity, out["quant"], out["canonical"], None, cfg.loss, cfg.render,
+                         LogitLaplaceLoss(), None, d, None, step=0, pixels=pixels)
+
+
+def test_ray_subsets_then_whole_images_of_a_smaller_batch_once_the_gan_starts(synth, tmp_path, monkeypatch):
+    rays_per_step = []
+    forward = Stage1Model.forward
+
+    def recording_forward(self, images, novel_c2w=None, step=None, generator=None, pixels=None):
+        rays_per_step.append((images.shape[0], None if pixels is None else pixels.shape[1]))
+        return forward(self, images, novel_c2w, step, generator, pixels)
+
+    monkeypatch.setattr(Stage1Model, "forward", recording_forward)
+    run = tmp_path / "run"
+    assert main(["train", "stage1", "--preset", "tiny", "--data", str(synth), "--out", str(run), "--steps", "6",
+                 "--set", "render.train_rays=40", "--set", "loss.gan_start_steps=3",
+                 "--set", "train.gan_batch_size=2", "--set", "train.image_every=2"]) == 0
+    # steps 0-2: 4 images, 40 rays each; then the GAN: the first 2 images, whole
+    assert rays_per_step == [(4, 40)] * 3 + [(2, None)] * 3
+    records = {m["step"]: m for m in read_metrics(run)}
+    assert "d_main" not in records[3] and "d_novel" in records[4]
+    assert all(math.isfinite(m["loss"]) for m in records.values())
+    assert len(list((run / "images" / "panel").glob("*.png"))) == 3  # panels re-render whole images
+
+
 @pytest.mark.parametrize("gan_start", [0, 4])  # 4: the discriminators start after the resume
 def test_resume_continues_the_same_loss_curve(synth, tmp_path, gan_start):
     common = ["--preset", "tiny", "--data", str(synth), "--set", "data.num_workers=0",

@@ -115,6 +115,24 @@ def test_output_contract_and_per_sample_tensors():
     assert (out.s_edges[..., 1:] >= out.s_edges[..., :-1]).all()
 
 
+def test_a_ray_subset_renders_exactly_those_pixels_of_the_full_image():
+    cfg = replace(tiny().render, proposal_samples=(8,), nerf_samples=5)
+    renderer = Renderer(cfg, feature_dim=4)
+    planes = torch.randn(2, 3, 4, 8, 8)
+    cams = disc_offsets_to_cameras(torch.tensor([[0.0, 0.0], [0.2, -0.1]]), cfg.camera_distance, cfg.fov_deg)
+    pixels = torch.tensor([[0, 7, 13, 34], [34, 2, 20, 9]])  # raster indices into 5 x 7 images
+    with torch.no_grad():
+        full = renderer.render_cameras(planes, cams, 5, 7)
+        part = renderer.render_cameras(planes, cams, 5, 7, pixels=pixels)
+    assert part.rgb.shape == (2, 3, 1, 4) and part.disparity.shape == (2, 1, 1, 4)
+    for name in ("rgb", "depth", "disparity", "opacity"):
+        expected = getattr(full, name).flatten(2).gather(2, pixels[:, None].expand(-1, getattr(full, name).shape[1], -1))
+        assert torch.allclose(getattr(part, name).flatten(2), expected, atol=1e-6), name
+    assert torch.allclose(part.weights, full.weights.gather(1, pixels[..., None].expand(-1, -1, 5)), atol=1e-6)
+    with pytest.raises(ValueError, match="pixels"):
+        renderer.render_cameras(planes, cams, 5, 7, pixels=pixels[:1])
+
+
 def test_first_level_samples_are_linear_in_disparity_with_far_at_infinity():
     cfg = replace(tiny().render, far=math.inf, proposal_samples=(8,), nerf_samples=4)
     renderer = Renderer(cfg, feature_dim=2)

@@ -34,6 +34,13 @@ def with_depth(render: RenderOutput, near: float) -> Tensor:
     return torch.cat([render.rgb, depth_channel(render.disparity, near)], dim=1)
 
 
+def gather_pixels(images: Tensor, pixels: Tensor) -> Tensor:
+    """images (B, C, H, W), raster indices pixels (B, N) -> (B, C, 1, N), the layout of a
+    ray-subset render."""
+    flat = images.flatten(2)
+    return flat.gather(2, pixels[:, None, :].expand(-1, flat.shape[1], -1)).unsqueeze(2)
+
+
 def nerf_regularizers(render: RenderOutput) -> tuple[Tensor, Tensor]:
     """Mip-NeRF 360's distortion and interlevel losses of one render."""
     distortion = distortion_loss(render.weights, render.s_edges)
@@ -77,23 +84,33 @@ def generator_losses(
     d_main: nn.Module | None,
     d_novel: nn.Module | None,
     step: int,
+    pixels: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Eq. 4. images (B, 3, H, W) in [-1, 1]; target_disparity (B, 1, H, W) or None.
 
+    pixels: (B, N) raster indices when `canonical` rendered only those rays (its images are then
+    (B, C, 1, N)); the targets are gathered to match, after the per-image disparity normalization.
+    Perceptual and GAN terms need whole images, so they must be off for such steps.
     Returns (weighted total, {term: unweighted value, plus "s_star", "gan_weight"}).
     """
     c = loss_cfg
     rgb = canonical.rgb
+    if pixels is not None:
+        images = gather_pixels(images, pixels)
     terms: dict[str, Tensor] = {"mse": mse_loss(rgb, images), "vq": quant.loss}
     total = c.mse * terms["mse"] + c.vq * terms["vq"]
     if c.logit_laplace:
         terms["logit_laplace"] = logit_laplace(rgb, images)
         total = total + c.logit_laplace * terms["logit_laplace"]
     if c.perceptual and perceptual is not None:
+        if pixels is not None:
+            raise ValueError("the perceptual loss needs whole images: render every pixel while it is on")
         terms["perceptual"] = perceptual(rgb, images).mean()
         total = total + c.perceptual * terms["perceptual"]
     if target_disparity is not None and (c.depth or c.scale):
         target = normalize_disparity(target_disparity).flatten(1)  # (B, H*W)
+        if pixels is not None:
+            target = target.gather(1, pixels)  # (B, N)
         terms["depth"], s, _ = depth_loss(canonical.weights, canonical.sample_disparity, target,
                                           grad_through_st=c.depth_grad_through_st,
                                           min_scale=scale_floor(c, step))
@@ -109,6 +126,8 @@ def generator_losses(
         total = total + c.distortion * terms["distortion"] + c.interlevel * terms["interlevel"]
     weight = gan_weight(c, step)
     if weight and d_main is not None:
+        if pixels is not None:
+            raise ValueError("the GAN losses need whole images: render every pixel once the GAN is on")
         terms["gan_main"] = generator_loss(d_main(rgb))
         total = total + weight * terms["gan_main"]
         if novel is not None and d_novel is not None:

@@ -78,12 +78,13 @@ class Stage1Model(nn.Module):
 
     def render(self, scene: Scene, cameras: Cameras, height: int | None = None, width: int | None = None,
                *, train: bool = False, step: int | None = None,
-               generator: torch.Generator | None = None) -> RenderOutput:
-        """Volume-render `scene` from `cameras` at (height, width) (default: the training resolution)."""
+               generator: torch.Generator | None = None, pixels: Tensor | None = None) -> RenderOutput:
+        """Volume-render `scene` from `cameras` at (height, width) (default: the training resolution);
+        `pixels` (B, N) renders only those raster indices (outputs shaped (B, C, 1, N))."""
         height = height or self.resolution
         width = width or height
         return self.renderer.render_cameras(scene, cameras, height, width, train=train, step=step,
-                                            generator=generator)
+                                            generator=generator, pixels=pixels)
 
     def density(self, scene: Scene, points: Tensor) -> Tensor:
         """NeRF density of one scene (batch 1) at world points (N, 3) -> (N,)."""
@@ -97,16 +98,17 @@ class Stage1Model(nn.Module):
         return self.render(scene, cameras)
 
     def forward(self, images: Tensor, novel_c2w: Tensor | None = None, step: int | None = None,
-                generator: torch.Generator | None = None) -> dict:
+                generator: torch.Generator | None = None, pixels: Tensor | None = None) -> dict:
         """The training forward pass (one call, so DistributedDataParallel can sync gradients).
 
-        images (B, 3, H, W) in [-1, 1]; novel_c2w (B, 4, 4) novel cameras or None.
+        images (B, 3, H, W) in [-1, 1]; novel_c2w (B, 4, 4) novel cameras or None; pixels (B, N)
+        raster indices of the canonical rays to render (None: the whole image).
         Returns {"quant": QuantizerOutput, "canonical": RenderOutput, "novel": RenderOutput | None}.
         """
         quant = self.quantize(images)
         scene = self.decode_codes(quant.codes)
         canonical = self.render(scene, self.canonical_cameras(images.shape[0], images.device), train=True, step=step,
-                                generator=generator)
+                                generator=generator, pixels=pixels)
         novel = None
         if novel_c2w is not None:
             novel = self.render(scene, Cameras(novel_c2w, self.cfg.render.fov_deg), train=True, step=step,

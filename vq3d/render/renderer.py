@@ -214,14 +214,24 @@ class Renderer(nn.Module):
         train: bool = False,
         step: int | None = None,
         generator: torch.Generator | None = None,
+        pixels: Tensor | None = None,
     ) -> RenderOutput:
         """Render full images from `cameras` (B): rgb (B, 3, H, W) in [-1, 1] (sigmoid * 2 - 1),
-        depth / disparity / opacity (B, 1, H, W), per-sample tensors (B, H * W, ...)."""
+        depth / disparity / opacity (B, 1, H, W), per-sample tensors (B, H * W, ...).
+
+        pixels: optional (B, N) indices into each image's H * W raster: only those rays are
+        rendered and the image-shaped outputs are (B, C, 1, N) (training on ray subsets)."""
         ref = features if isinstance(features, Tensor) else cameras.c2w
         origins, dirs = cameras.to(ref.device, ref.dtype).rays(height, width)
         batch = origins.shape[0]
-        out = self(features, origins.reshape(batch, -1, 3), dirs.reshape(batch, -1, 3),
-                   train=train, step=step, generator=generator)
+        origins, dirs = origins.reshape(batch, -1, 3), dirs.reshape(batch, -1, 3)
+        if pixels is not None:
+            if pixels.shape[0] != batch or pixels.dim() != 2:
+                raise ValueError(f"pixels must be (B={batch}, N) indices, got {tuple(pixels.shape)}")
+            index = pixels.to(origins.device)[..., None].expand(-1, -1, 3)
+            origins, dirs = origins.gather(1, index), dirs.gather(1, index)
+            height, width = 1, pixels.shape[1]
+        out = self(features, origins, dirs, train=train, step=step, generator=generator)
 
         def image(x: Tensor) -> Tensor:
             return x.reshape(batch, height, width, -1).permute(0, 3, 1, 2)

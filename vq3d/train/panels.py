@@ -14,6 +14,11 @@ def stage1_panel(model, images: Tensor, out: dict, cfg: Config, rows: int = 4) -
     """(3, H', W') in [0, 1]: per row input | reconstruction | disparity | novel view | its disparity."""
     n = min(rows, images.shape[0])
     canonical, novel = out["canonical"], out["novel"]
+    if canonical.rgb.shape[-2:] != images.shape[-2:]:  # the step rendered a ray subset
+        was_training = model.training
+        model.eval()  # eval: no codebook-usage bookkeeping from a log picture
+        canonical = model.reconstruct(images[:n])
+        model.train(was_training)
     columns = [to_unit(images[:n]), to_unit(canonical.rgb[:n].float()), colorize(canonical.disparity[:n].float())]
     if novel is not None:
         columns += [to_unit(novel.rgb[:n].float()), colorize(novel.disparity[:n].float())]

@@ -14,9 +14,9 @@ import time
 from pathlib import Path
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
-from vq3d.config import Config
+from vq3d.config import Config, ConfigError
 from vq3d.data.loader import build_dataset, write_dataset_info
 from vq3d.losses.perceptual import build_perceptual
 from vq3d.losses.reconstruction import LogitLaplaceLoss
@@ -54,6 +54,11 @@ class Stage1Trainer:
         self.device = self.info.device
         seed_everything(cfg.train.seed + self.info.rank)
         t, L = cfg.train, cfg.loss
+        if not 0 <= t.gan_batch_size <= t.batch_size:
+            raise ConfigError(f"train.gan_batch_size {t.gan_batch_size} must be between 0 (= batch_size) "
+                              f"and train.batch_size ({t.batch_size})")
+        if cfg.render.train_rays < 0:
+            raise ConfigError(f"render.train_rays {cfg.render.train_rays} must be >= 0 (0 = every pixel)")
         self.model = Stage1Model(cfg).to(self.device)
         res = cfg.data.resolution
         self.use_gan = L.gan > 0
@@ -103,6 +108,17 @@ class Stage1Trainer:
                             state={"skipped": self.skipped}, keep=self.cfg.train.keep_checkpoints)
         barrier()
 
+    def _ray_subset(self, images: Tensor, gan_active: bool, gen: torch.Generator) -> Tensor | None:
+        """(B, render.train_rays) random raster indices per image, or None for whole images
+        (when the option is off, covers the image, or a GAN or perceptual loss needs the image)."""
+        rays, (B, _, H, W) = self.cfg.render.train_rays, images.shape
+        needs_image = gan_active or (self.perceptual is not None and self.cfg.loss.perceptual)
+        if rays <= 0 or rays >= H * W or needs_image:
+            return None
+        # argsort of uniform noise: `rays` distinct pixels per image, drawn from the step's generator
+        order = torch.rand(B, H * W, generator=gen).argsort(dim=1)
+        return order[:, :rays].to(images.device)
+
     def train_step(self, batch: dict, rc: RunControl) -> dict[str, float] | None:
         """One generator and one discriminator update; returns scalar logs (None if skipped)."""
         cfg, step = self.cfg, self.step
@@ -118,16 +134,22 @@ class Stage1Trainer:
         # Novel views feed only the novel-view discriminator, so they are rendered (and both
         # discriminators trained) only once the GAN has started.
         gan_active = self.use_gan and step >= cfg.loss.gan_start_steps
+        if gan_active and cfg.train.gan_batch_size > 0:
+            keep = max(1, cfg.train.gan_batch_size // self.info.world_size)
+            images = images[:keep]
+            disparity = disparity[:keep] if disparity is not None else None
         if gan_active:
             novel_c2w = sample_novel_cameras(images.shape[0], r.camera_distance, r.fov_deg, r.sampling_radius,
                                              gen).c2w.to(self.device)
+        pixels = self._ray_subset(images, gan_active, gen)
         for p in self.d_params:
             p.requires_grad_(False)
         with self.autocast:
-            out = self.forward(images, novel_c2w, step, gen)
+            out = self.forward(images, novel_c2w, step, gen, pixels)
             total, terms = generator_losses(
                 images, disparity, out["quant"], out["canonical"], out["novel"], cfg.loss, r,
-                self.logit_laplace, self.perceptual, self.d_main, self.d_novel if out["novel"] else None, step)
+                self.logit_laplace, self.perceptual, self.d_main, self.d_novel if out["novel"] else None, step,
+                pixels)
         if not rc.record_loss(total, step):
             self.skipped += 1
             self.opt_g.zero_grad(set_to_none=True)
@@ -169,7 +191,7 @@ class Stage1Trainer:
         cfg, info = self.cfg, self.info
         need_depth = bool(cfg.loss.depth or cfg.loss.scale)
         dataset = build_dataset(cfg.data, "train", seed=cfg.train.seed, rank=info.rank,
-                                world_size=info.world_size, require_depth=need_depth)
+                                world_size=info.world_size, require_depth=need_depth, novel_views=False)
         if info.is_main:
             write_dataset_info(dataset, self.run_dir)
         per_rank = max(1, cfg.train.batch_size // info.world_size)
