@@ -429,10 +429,23 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return convert(cfg)
 
 
+# Fields that earlier versions wrote into run configs and that are gone; none of them changed
+# what a run did, so reading an old run's config drops them.
+RETIRED_FIELDS: tuple[tuple[str, str], ...] = (("render", "train_render_size"),)
+
+
 def from_dict(values: dict[str, Any]) -> Config:
-    """Inverse of `to_dict`: the preset named in `values`, overridden by every field."""
-    cfg = PRESETS[values.get("preset", "paper")]()
-    return apply_dict(cfg, values)
+    """Inverse of `to_dict` (a run's saved config). A field the dict lacks (one added after the
+    run was written) keeps its dataclass default, which leaves a newer feature off, so an older
+    run resumes as it was trained rather than with its preset's current values."""
+    values = {k: dict(v) if isinstance(v, dict) else v for k, v in values.items()}
+    for section, name in RETIRED_FIELDS:
+        if isinstance(values.get(section), dict):
+            values[section].pop(name, None)
+    preset = values.get("preset", "paper")
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown preset '{preset}': choose one of {', '.join(PRESETS)}")
+    return apply_dict(Config(preset=preset), values)
 
 
 def save_config(cfg: Config, path: str | Path) -> None:
