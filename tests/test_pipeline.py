@@ -165,9 +165,10 @@ def test_eval_stage1_reports_every_metric(stage1_run, synth, capsys):
     assert main(["eval", "stage1", "--run", str(stage1_run), "--data", str(synth), "--split", "train",
                  "--max-scenes", "4", "--json"]) == 0
     metrics = json.loads(capsys.readouterr().out)
-    for key in ("psnr", "depth_accuracy", "novel_view_psnr", "copy_baseline_psnr", "disparity_scale",
-                "codebook_usage"):
+    for key in ("psnr", "depth_accuracy", "novel_view_psnr", "copy_baseline_psnr", "warp_baseline_psnr",
+                "disparity_scale", "codebook_usage"):
         assert key in metrics and math.isfinite(metrics[key])
+    assert metrics["warp_baseline_psnr"] > metrics["copy_baseline_psnr"]
 
 
 def test_tokens_stage2_and_generate_write_every_promised_file(stage1_run, synth, tmp_path):

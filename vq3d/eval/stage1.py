@@ -9,6 +9,8 @@ Reported (one JSON object):
   their ground-truth images;
 - copy_baseline_psnr: the input image itself scored against the same novel views (what a model
   without 3D would get);
+- warp_baseline_psnr: the input image warped to each novel view by the ground-truth depth (what
+  exact geometry without inpainting would get; `vq3d.eval.warp`);
 - disparity_scale: mean s* of Eq. 1 against the per-image normalized ground-truth disparity;
 - codebook_usage: fraction of codes used over the evaluated scenes.
 """
@@ -24,6 +26,7 @@ from tqdm import tqdm
 
 from vq3d.errors import UserError
 from vq3d.eval.metrics import depth_accuracy, psnr, ssim
+from vq3d.eval.warp import warp_to_view
 from vq3d.losses.depth import normalize_disparity, solve_scale_shift
 from vq3d.render.cameras import Cameras
 from vq3d.train.runs import load_stage1
@@ -92,6 +95,9 @@ def evaluate_stage1(run_dir: str | Path, data_path: str | Path, split: str = "te
             if lpips is not None:
                 add("novel_view_lpips", lpips(novel.rgb, novel_images[:, k]))
             add("copy_baseline_psnr", psnr(images, novel_images[:, k], reduction="none"))
+            warped = warp_to_view(images, batch["c2w"].to(device), novel_c2w[:, k],
+                                  batch["novel_depths"][:, k].to(device), cfg.render.fov_deg)
+            add("warp_baseline_psnr", psnr(warped, novel_images[:, k], reduction="none"))
             add("novel_depth_accuracy",
                 depth_accuracy(novel.depth, batch["novel_depths"][:, k].to(device), reduction="none"))
     metrics = {name: sums[name] / counts[name] for name in sums if counts[name]}
