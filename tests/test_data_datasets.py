@@ -234,8 +234,8 @@ def test_synthetic_folder_dispatches_to_the_synthetic_dataset(tmp_path, monkeypa
     created = []
 
     class FakeSynthetic:
-        def __init__(self, root, split="train"):
-            created.append((str(root), split))
+        def __init__(self, root, split="train", novel_views=True):
+            created.append((str(root), split, novel_views))
 
     module = types.ModuleType("vq3d.data.synthetic_dataset")
     module.SyntheticDataset = FakeSynthetic
@@ -245,9 +245,11 @@ def test_synthetic_folder_dispatches_to_the_synthetic_dataset(tmp_path, monkeypa
     (root / "dataset.json").write_text(json.dumps({"kind": "vq3d-synthetic", "count": 1}))
     assert detect_kind(root) == "synthetic"
     dataset = build_dataset(data_cfg(root), split="test", require_depth=True)
-    assert isinstance(dataset, FakeSynthetic) and created == [(str(root), "test")]
+    assert isinstance(dataset, FakeSynthetic) and created == [(str(root), "test", True)]
     build_dataset(data_cfg(root), split="val")  # the synthetic splits are train and test
-    assert created[-1] == (str(root), "test")
+    assert created[-1] == (str(root), "test", True)
+    build_dataset(data_cfg(root), split="train", novel_views=False)  # what training asks for
+    assert created[-1] == (str(root), "train", False)
 
 
 def test_split_folders_are_used_when_present(tmp_path):
