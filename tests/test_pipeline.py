@@ -159,6 +159,10 @@ def test_training_refuses_to_overwrite_and_reports_bad_data(stage1_run, tmp_path
     assert main(["train", "stage1", "--preset", "tiny", "--data", str(tmp_path / "imgs"),
                  "--out", str(tmp_path / "r"), "--steps", "1"]) == 2
     assert "depth" in capsys.readouterr().err  # real images need pseudo-GT depth for the depth loss
+    for bad, key in (("train.gan_batch_size=99", "train.gan_batch_size"), ("render.train_rays=-1", "train_rays")):
+        assert main(["train", "stage1", "--preset", "tiny", "--data", str(tmp_path / "imgs"),
+                     "--out", str(tmp_path / "r2"), "--steps", "1", "--set", bad]) == 2
+        assert key in capsys.readouterr().err
 
 
 def test_eval_stage1_reports_every_metric(stage1_run, synth, capsys):
