@@ -36,6 +36,13 @@ def test_yaml_file_then_set_overrides(tmp_path):
     assert cfg.train.betas == (0.5, 0.6)
 
 
+def test_floats_in_exponent_notation_without_a_dot_are_numbers():
+    cfg = load_config("tiny", overrides=["train.lr=2e-3", "loss.gan=1E-1"])  # strings to YAML 1.1
+    assert cfg.train.lr == 2e-3 and cfg.loss.gan == 0.1
+    with pytest.raises(ConfigError, match="train.lr"):
+        load_config("tiny", overrides=["train.lr=fast"])
+
+
 @pytest.mark.parametrize("override, fragment", [
     ("render.nope=1", "render.nope"),
     ("nope.x=1", "nope"),

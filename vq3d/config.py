@@ -330,6 +330,11 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
             return float(value)
         if isinstance(value, str) and value.strip().lower() in ("inf", "+inf", "infinity"):
             return math.inf
+        if isinstance(value, str):  # YAML 1.1 reads "2e-3" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
         raise ConfigError(f"{key}: expected a number, got {value!r}")
     if tp is str:
         if isinstance(value, str):
