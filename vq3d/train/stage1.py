@@ -115,9 +115,9 @@ class Stage1Trainer:
         needs_image = gan_active or (self.perceptual is not None and self.cfg.loss.perceptual)
         if rays <= 0 or rays >= H * W or needs_image:
             return None
-        # argsort of uniform noise: `rays` distinct pixels per image, drawn from the step's generator
-        order = torch.rand(B, H * W, generator=gen).argsort(dim=1)
-        return order[:, :rays].to(images.device)
+        # the `rays` largest of uniform noise: distinct pixels, uniformly drawn from the step's
+        # generator (topk, not a full argsort: 4x cheaper at 256 images of 256x256)
+        return torch.rand(B, H * W, generator=gen).topk(rays, dim=1).indices.to(images.device)
 
     def train_step(self, batch: dict, rc: RunControl) -> dict[str, float] | None:
         """One generator and one discriminator update; returns scalar logs (None if skipped)."""
