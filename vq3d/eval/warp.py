@@ -26,11 +26,7 @@ def warp_to_view(image: Tensor, image_c2w: Tensor, view_c2w: Tensor, view_depth:
     origins, dirs = view.rays(H, W)  # (B, H, W, 3)
     points = (origins + dirs * view_depth[:, 0, :, :, None]).reshape(B, -1, 3)
     uv, _ = Cameras(image_c2w, fov_deg).project(points, H, W)  # pixel coordinates (u, v)
-    # grid_sample's align_corners=False puts pixel centres at (i + 0.5) / size * 2 - 1
-    grid = _normalized_grid(uv, H, W).view(B, H, W, 2)
+    # pixel i's centre is at u = i + 0.5, and grid_sample (align_corners=False) wants it at
+    # (i + 0.5) / size * 2 - 1
+    grid = (uv / torch.tensor([W, H], dtype=uv.dtype, device=uv.device) * 2 - 1).view(B, H, W, 2)
     return F.grid_sample(image, grid, mode="bilinear", padding_mode="border", align_corners=False)
-
-
-def _normalized_grid(uv: Tensor, height: int, width: int) -> Tensor:
-    """Pixel coordinates (..., 2) as (u, v) -> grid_sample's normalized (x, y) in [-1, 1]."""
-    return torch.stack([uv[..., 0] / width * 2 - 1, uv[..., 1] / height * 2 - 1], dim=-1)
