@@ -197,6 +197,35 @@ def test_tokens_stage2_and_generate_write_every_promised_file(stage1_run, synth,
                  "--out", str(out), "--class", "dodecahedron"]) == 2
 
 
+def test_mirrored_tokens_encode_flipped_images_and_keep_pairs_on_one_side(stage1_run, synth, tmp_path):
+    from vq3d.data.synthetic_dataset import SyntheticDataset
+    from vq3d.data.tokens import mirror_pairs
+    from vq3d.train.runs import load_stage1
+    from vq3d.train.stage2 import split_rows
+
+    tok = tmp_path / "tok"
+    assert main(["tokens", "--stage1", str(stage1_run), "--data", str(synth), "--out", str(tok), "--hflip"]) == 0
+    info = json.loads((tok / "tokens.json").read_text())
+    ids, labels = np.load(tok / "ids.npy"), np.load(tok / "labels.npy")
+    images = torch.stack([item["image"] for item in SyntheticDataset(synth, split="train", novel_views=False)])
+    n = len(images)
+    assert info["mirrored"] and info["count"] == info["done"] == 2 * n and ids.shape[0] == 2 * n
+    model, _ = load_stage1(stage1_run, "cpu")
+    with torch.no_grad():
+        assert np.array_equal(ids[:n], model.encode(images).numpy())
+        assert np.array_equal(ids[n:], model.encode(images.flip(-1)).numpy())
+    assert np.array_equal(labels[:n], labels[n:])
+    # a mirrored folder is another folder: reusing --out without --hflip is refused
+    assert main(["tokens", "--stage1", str(stage1_run), "--data", str(synth), "--out", str(tok)]) == 2
+    train, val = (mirror_pairs(r, info) for r in split_rows(n, 0.25, seed=0))
+    assert set(train.tolist()).isdisjoint(val.tolist()) and len(train) + len(val) == 2 * n
+    assert set((val % n).tolist()).isdisjoint((train % n).tolist())  # no image on both sides
+    run2 = tmp_path / "s2"
+    assert main(["train", "stage2", "--stage1", str(stage1_run), "--tokens", str(tok), "--out", str(run2),
+                 "--preset", "tiny", "--steps", "2"]) == 0
+    assert json.loads((run2 / "stage2.json").read_text())["train_rows"] == len(train)
+
+
 @pytest.mark.parametrize("mode", ["RGB", "RGBA", "L", "I;16"])
 def test_reconstruct_writes_every_promised_file(stage1_run, tmp_path, mode):
     src = tmp_path / "in"

@@ -16,6 +16,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default="cpu")
     p.add_argument("--workers", type=int, default=0, help="data loader workers")
+    p.add_argument("--hflip", action="store_true",
+                   help="also encode every image mirrored left-right (twice the Stage-2 training sequences)")
     p.set_defaults(func=_run)
 
 
@@ -23,6 +25,6 @@ def _run(args: argparse.Namespace) -> int:
     from vq3d.data.tokens import extract_tokens
 
     info = extract_tokens(args.stage1, args.data, args.out, split=args.split, batch_size=args.batch_size,
-                          device=args.device, num_workers=args.workers)
+                          device=args.device, num_workers=args.workers, hflip=args.hflip)
     print(json.dumps({k: info[k] for k in ("count", "seq_len", "codebook_size", "num_classes")}), file=sys.stderr)
     return 0

@@ -6,6 +6,11 @@
 
 Encoding is batched and resumable: ids are written into a preallocated memory map and
 `done` (the number of rows written and flushed) is updated atomically after each batch.
+
+With `hflip=True` every image is also encoded mirrored left-right (a mirrored photo is the
+canonical view of the mirrored scene, so it is a valid training sequence for Stage 2): rows
+[0, n) hold the images and rows [n, 2n) their mirrors in the same order, and tokens.json has
+`"mirrored": true`. `mirror_pairs` keeps an image and its mirror on the same side of a split.
 """
 
 from __future__ import annotations
@@ -63,6 +68,16 @@ def _stage1_identity(run_dir: Path, model) -> dict[str, Any]:
             "codebook_hash": codebook_fingerprint(model)}
 
 
+def mirror_pairs(rows: np.ndarray, info: dict[str, Any]) -> np.ndarray:
+    """Rows of a split made over the source images, plus their mirrors when the folder has them.
+
+    rows: (M,) indices in [0, n) of the n source images; returns (M,) or (2M,) sorted row indices.
+    """
+    if not info.get("mirrored"):
+        return rows
+    return np.sort(np.concatenate([rows, rows + info["count"] // 2]))
+
+
 def read_token_info(tok_dir: str | Path) -> dict[str, Any]:
     """tokens.json of a finished token folder (UserError when missing or incomplete)."""
     path = Path(tok_dir) / "tokens.json"
@@ -85,8 +100,12 @@ def load_tokens(tok_dir: str | Path) -> tuple[np.ndarray, np.ndarray, dict[str, 
 
 @torch.no_grad()
 def extract_tokens(stage1_run: str | Path, data_path: str, out_dir: str | Path, split: str = "train",
-                   batch_size: int = 64, device: str = "cpu", num_workers: int = 0) -> dict[str, Any]:
-    """Encode every image of `data_path` (its `split`) with the run's Stage-1 encoder."""
+                   batch_size: int = 64, device: str = "cpu", num_workers: int = 0,
+                   hflip: bool = False) -> dict[str, Any]:
+    """Encode every image of `data_path` (its `split`) with the run's Stage-1 encoder.
+
+    `hflip` also encodes each image mirrored (rows n..2n-1; see the module docstring).
+    """
     from dataclasses import replace
 
     from vq3d.data.loader import build_dataset
@@ -101,15 +120,17 @@ def extract_tokens(stage1_run: str | Path, data_path: str, out_dir: str | Path, 
     n, seq_len = len(dataset), model.grid**2
     if n == 0:
         raise UserError(f"no usable images in {data_path}")
+    rows = 2 * n if hflip else n
     identity = _stage1_identity(stage1_run, model)
-    info = {"count": n, "seq_len": seq_len, "grid": model.grid, "codebook_size": cfg.model.codebook_size,
+    info = {"count": rows, "mirrored": hflip, "seq_len": seq_len, "grid": model.grid, "codebook_size": cfg.model.codebook_size,
             "class_names": list(getattr(dataset, "class_names", []) or []), "data": str(data_path),
             "split": split, **identity, "done": 0}
     info["num_classes"] = len(info["class_names"])
     meta_path = out_dir / "tokens.json"
     if meta_path.is_file():
         old = json.loads(meta_path.read_text())
-        same = {k: old.get(k) for k in ("count", "seq_len", "codebook_size", "codebook_hash", "data", "split")}
+        same = {k: old.get(k, False if k == "mirrored" else None)
+                for k in ("count", "mirrored", "seq_len", "codebook_size", "codebook_hash", "data", "split")}
         if same != {k: info[k] for k in same}:
             raise UserError(f"{out_dir} holds tokens of another run or dataset ({old.get('stage1_run')}, "
                             f"{old.get('data')}): choose another --out")
@@ -120,10 +141,10 @@ def extract_tokens(stage1_run: str | Path, data_path: str, out_dir: str | Path, 
         out_dir.mkdir(parents=True, exist_ok=True)
         if any(out_dir.iterdir()):
             raise UserError(f"{out_dir} is not empty: choose an empty or new --out for tokens")
-        ids = np.lib.format.open_memmap(out_dir / "ids.npy", mode="w+", dtype=np.int32, shape=(n, seq_len))
-        labels = np.lib.format.open_memmap(out_dir / "labels.npy", mode="w+", dtype=np.int64, shape=(n,))
+        ids = np.lib.format.open_memmap(out_dir / "ids.npy", mode="w+", dtype=np.int32, shape=(rows, seq_len))
+        labels = np.lib.format.open_memmap(out_dir / "labels.npy", mode="w+", dtype=np.int64, shape=(rows,))
         atomic_write_json(meta_path, info)
-    start = info["done"]
+    start = info["done"] // 2 if hflip else info["done"]  # `done` counts rows; both halves advance together
     loader = DataLoader(Subset(dataset, range(start, n)), batch_size=batch_size, num_workers=num_workers)
     row = start
     for batch in tqdm(loader, desc="tokens", initial=start // batch_size, total=-(-n // batch_size)):
@@ -134,9 +155,12 @@ def extract_tokens(stage1_run: str | Path, data_path: str, out_dir: str | Path, 
         b = batch_ids.shape[0]
         ids[row: row + b] = batch_ids
         labels[row: row + b] = batch["label"].numpy()
+        if hflip:
+            ids[n + row: n + row + b] = model.encode(images.flip(-1).to(device)).cpu().numpy().astype(np.int32)
+            labels[n + row: n + row + b] = batch["label"].numpy()
         row += b
         ids.flush()
         labels.flush()
-        info["done"] = row
+        info["done"] = 2 * row if hflip else row
         atomic_write_json(meta_path, info)
     return info

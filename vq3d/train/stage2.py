@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import Dataset
 
 from vq3d.config import Config
-from vq3d.data.tokens import check_same_codebook, load_tokens
+from vq3d.data.tokens import check_same_codebook, load_tokens, mirror_pairs
 from vq3d.errors import UserError
 from vq3d.models.gpt import GPT
 from vq3d.train.batches import batch_stream
@@ -95,7 +95,9 @@ def train_stage2(cfg: Config, tokens_dir: str | Path, run_dir: str | Path, resum
         seed_everything(cfg.train.seed + dist_info.rank)
         model = build_gpt(cfg, info).to(device)
         opt = torch.optim.AdamW(model.param_groups(s2.weight_decay), lr=s2.lr, betas=s2.betas)
-        train_rows, val_rows = split_rows(len(ids), s2.val_fraction, cfg.train.seed)
+        # a mirrored image stays on its source image's side, so validation never sees a mirror of training
+        sources = len(ids) // 2 if info.get("mirrored") else len(ids)
+        train_rows, val_rows = (mirror_pairs(r, info) for r in split_rows(sources, s2.val_fraction, cfg.train.seed))
         if dist_info.is_main:
             atomic_write_json(run_dir / "stage2.json", {
                 "tokens": str(Path(tokens_dir).resolve()), **{k: info[k] for k in (
