@@ -144,11 +144,17 @@ def test_class_accuracy_is_the_share_of_samples_classified_as_requested(runs, tm
     result = evaluate_generation(runs["s1"], runs["data"], stage2_run=runs["s2"], n=10,
                                  features=tmp_path / "biased", batch_size=4, **QUIET)
     assert result["s2_class_accuracy"] == pytest.approx(0.2)
+    # on reconstructions it is scored against the real images' labels
+    from vq3d.data.synthetic_dataset import SyntheticDataset
+
+    labels = [item["label"] for item in SyntheticDataset(runs["data"], split="test", novel_views=False)]
+    assert result["s1_class_accuracy"] == pytest.approx(sum(label == 0 for label in labels) / len(labels))
     # a feature net of other classes is not used for class accuracy
     atomic_write_json(tmp_path / "biased" / FEATURE_INFO_FILE, {"resolution": 16, "class_names": list("abcde")})
     result = evaluate_generation(runs["s1"], runs["data"], stage2_run=runs["s2"], n=2,
                                  features=tmp_path / "biased", **QUIET)
     assert "s2_class_accuracy" not in result and "classes" in result["skipped"]["s2_class_accuracy"]
+    assert "s1_class_accuracy" not in result
 
 
 def test_radius_curves_match_stage1_eval_at_radius_zero(runs, features, lpips_files, tmp_path) -> None:

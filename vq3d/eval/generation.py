@@ -11,6 +11,8 @@ canonical camera. Both are scored against the real images' cached reference stat
 Metrics (each present only when its weights are; otherwise listed under "skipped" with a reason):
 - `*_fid*`, `s2_is`, `s2_kid`: Inception (--inception); `*_fd_domain*`, `s2_class_accuracy`:
   the domain feature net (--features; accuracy = the net's argmax equals the requested class);
+  `s1_class_accuracy`: the same net on canonical reconstructions against the images' labels (how
+  much class the Stage-1 tokens keep: the ceiling for `s2_class_accuracy`);
 - `*_depth_accuracy_depth_model`: the paper's depth accuracy, rendered disparity vs the depth
   model's disparity of the rendered canonical image (--depth-model);
 - `s1_disparity_scale_depth_model`: mean s* (Eq. 1) of the canonical render against the depth
@@ -87,6 +89,10 @@ def _stage1_metrics(model: Any, cfg: Any, dataset: Any, n: int, radius: float, e
     count = 0
     total = min(n, len(dataset)) if hasattr(dataset, "__len__") else n
     batches = iter_image_batches(dataset, batch_size, n, workers)
+    domain = extractors.get("domain")
+    # labels are comparable only when the feature net was trained on this dataset's classes
+    check_classes = domain is not None and bool(domain.class_names) and \
+        domain.class_names == list(getattr(dataset, "class_names", None) or [])
     for batch in tqdm(batches, desc="eval stage 1", total=-(-total // batch_size), disable=not progress, leave=False):
         images = batch["image"].to(device)
         scene = model.decode_codes(model.quantize(images).codes)
@@ -95,8 +101,12 @@ def _stage1_metrics(model: Any, cfg: Any, dataset: Any, n: int, radius: float, e
         novel_cams = sample_novel_cameras(b, r.camera_distance, r.fov_deg, radius, generator).to(device)
         novel = model.render(scene, novel_cams)
         for name, extractor in extractors.items():
-            sets["canonical", name].add(*extractor(canon.rgb))
+            feats, logits = extractor(canon.rgb)
+            sets["canonical", name].add(feats, logits)
             sets["novel", name].add(*extractor(novel.rgb))
+            if name == "domain" and check_classes:
+                # the ceiling for s2_class_accuracy: how often a reconstruction keeps its class
+                means.add("s1_class_accuracy", (logits.argmax(dim=1) == batch["label"]).float())
         _geometry(means, "s1", canon, cfg, far, estimator, images)
         if "depth" in batch and "novel_c2w" in batch:  # synthetic: ground-truth depth
             gt_depth = batch["depth"].to(device)
