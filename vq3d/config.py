@@ -238,12 +238,15 @@ def demo() -> Config:
         batch_size=32, gan_batch_size=8, lr=1e-3, disc_lr=2e-4, warmup_steps=100, steps=2300,
         ckpt_every=500, log_every=10, image_every=500, weight_decay=0.0,
     )
-    # 1,800 sequences of 64 tokens: longer training or no dropout overfits (measured: validation
-    # bits per token 4.4 at step 500, 7.3 at step 2,500 without dropout; 4.2 after these 1,000 steps)
+    # Measured on 7,200 training sequences of 64 tokens (README, "Stage 2"): 3,000 steps give
+    # 3.49 validation bits per token against 3.73 after 1,000, and samples of the requested class
+    # 0.48 of the time against 0.39. Without dropout a small dataset overfits.
     cfg.stage2 = Stage2Config(
         layers=4, width=128, heads=4, dropout=0.1, batch_size=32, lr=1e-3,
-        warmup_steps=100, steps=1000, val_fraction=0.1,
+        warmup_steps=100, steps=3000, val_fraction=0.1,
     )
+    # Classifier-free guidance 3 raises that share to 0.57 (the reconstructions' own is 0.66).
+    cfg.sample.guidance = 3.0
     return cfg
 
 

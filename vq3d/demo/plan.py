@@ -30,6 +30,8 @@ FIXED_SHARE = 0.35  # the fixed phases may take this share of the budget before 
 # phases whose work shrinks when the budget is short: first the metrics' counts, then the visuals
 METRIC_PHASES = ("eval_stage1", "features", "eval_generation", "eval_radius")
 VISUAL_PHASES = ("reconstruct", "generate")
+FIT_MARGIN = 0.8  # share of a training budget that fitted steps may fill
+MIN_FITTED_STEPS = 50
 SCENES_PER_MINUTE = 200  # default dataset size for short budgets (2000 from 10 minutes on)
 MAX_DEFAULT_SCENES = 2000
 
@@ -43,6 +45,7 @@ class UnitCosts:
     encode: float  # one image encoded to tokens, inside a batch
     sample_sequence: float  # one Stage-2 sequence sampled (with the KV cache)
     probe_seconds: float  # what measuring took
+    stage2_step: float = 0.0  # one Stage-2 training step (forward, backward, AdamW) at the preset batch
 
     def as_dict(self) -> dict[str, float]:
         return asdict(self)
@@ -93,7 +96,36 @@ def probe_costs(cfg: Config, device: str = "cpu", batch: int = 4, num_classes: i
     gpt = GPT(cfg.model.codebook_size, model.grid**2, num_classes, cfg.stage2).to(device).eval()
     labels = torch.zeros(1, dtype=torch.long, device=device)
     sample_sequence = timed(lambda: sample(gpt, 1, labels, generator=torch.Generator(device).manual_seed(0)))
-    return UnitCosts(render_batched, render_single, encode, sample_sequence, time.perf_counter() - start)
+    stage2_step = _time_stage2_step(gpt.train(), cfg, gen, timed)
+    return UnitCosts(render_batched, render_single, encode, sample_sequence, time.perf_counter() - start,
+                     stage2_step)
+
+
+def _time_stage2_step(gpt, cfg: Config, gen: torch.Generator, timed) -> float:
+    """Seconds of one Stage-2 training step on random tokens (after a warm-up step)."""
+    ids = torch.randint(gpt.vocab_size, (cfg.stage2.batch_size, gpt.seq_len), generator=gen)
+    ids = ids.to(next(gpt.parameters()).device)
+    labels = torch.zeros(ids.shape[0], dtype=torch.long, device=ids.device)
+    opt = torch.optim.AdamW(gpt.parameters(), lr=1e-4)
+
+    def step() -> None:
+        with torch.enable_grad():
+            _, loss = gpt(ids, labels, targets=ids)
+            loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    step()
+    return timed(step)
+
+
+def fitted_steps(preset_steps: int, seconds: float, step_seconds: float) -> int:
+    """Steps of a run that should end its schedule (warm-up, cosine decay) within `seconds`:
+    the preset's, or fewer when they would not fit at `step_seconds` each (with a margin for
+    validation and checkpoints). A cut-short cosine would stop at a high learning rate."""
+    if step_seconds <= 0:
+        return preset_steps
+    return max(MIN_FITTED_STEPS, min(preset_steps, int(seconds * FIT_MARGIN / step_seconds)))
 
 
 def estimate_fixed_seconds(sizes: DemoSizes, costs: UnitCosts) -> dict[str, float]:

@@ -209,6 +209,10 @@ class Schedule:
                                    "over its budget)")
                 budget = floor
             partial = {"budget_seconds": budget, "spent_seconds": 0.0, "spent_before": 0.0, "commands": []}
+            if name == "stage2" and self.settings["stage2_steps"] is None and self.costs is not None:
+                # Stage 2 steps cost the same throughout: fit its schedule to the budget, once
+                # (a rerun keeps these steps, so the cosine decay is the same)
+                partial["steps"] = plan.fitted_steps(self.cfg.stage2.steps, budget, self.costs.stage2_step)
         else:
             partial["spent_before"] = partial["spent_seconds"]
         atomic_write_json(self.layout.partial(name), partial)

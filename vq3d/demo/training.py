@@ -41,6 +41,8 @@ def train_stage(layout: DemoLayout, name: str, seconds: float, settings: dict[st
     run = layout.stage1 if name == "stage1" else layout.stage2
     minutes = max(seconds / 60.0, 0.01)
     steps = s[f"{name}_steps"]
+    if steps is None:  # the schedule may have fitted the steps to the budget (Stage 2)
+        steps = (read_json(layout.partial(name)) or {}).get("steps")
     resume = run.is_dir() and latest_checkpoint(run) is not None
     step_arg = f" --steps {steps}" if steps is not None else ""
     run_sets = [f"train.max_minutes={minutes:.3f}"]
