@@ -150,6 +150,18 @@ def test_resume_continues_the_same_loss_curve(synth, tmp_path, gan_start):
         assert math.isclose(a[step], b[step], rel_tol=1e-5), (step, a[step], b[step])
 
 
+def test_a_run_fitted_to_its_time_ends_its_schedule_within_it(synth, tmp_path):
+    run = tmp_path / "fit"
+    assert main(["train", "stage1", "--preset", "tiny", "--data", str(synth), "--out", str(run),
+                 "--set", "data.num_workers=0", "--set", "train.fit_to_time=true", "--set", "train.steps=100000",
+                 "--set", "loss.gan=0", "--set", "loss.gan_start_steps=50000", "--max-minutes", "0.1"]) == 0
+    cfg = load_config("tiny", [str(run / "config.yaml")], [])  # the fitted plan is saved for --resume
+    assert 40 < cfg.train.steps < 100000 and abs(cfg.loss.gan_start_steps - cfg.train.steps / 2) <= 1
+    last = max(m["step"] for m in read_metrics(run) if "loss" in m)
+    # it ends by its fitted steps (the time bound stays as a guard when a busy machine slows it)
+    assert last == cfg.train.steps or last >= 0.7 * cfg.train.steps
+
+
 def test_training_refuses_to_overwrite_and_reports_bad_data(stage1_run, tmp_path, capsys):
     assert main(["train", "stage1", "--preset", "tiny", "--data", str(tmp_path), "--out", str(stage1_run),
                  "--steps", "1"]) == 2

@@ -23,7 +23,7 @@ from vq3d.train.checkpoint import (
 )
 from vq3d.train.ema import EMA
 from vq3d.train.sampler import ResumableBatchSampler
-from vq3d.train.schedule import lr_at, set_lr
+from vq3d.train.schedule import fit_to_time, lr_at, set_lr
 
 
 class Tiny(nn.Module):
@@ -264,6 +264,17 @@ def test_lr_schedule_values_at_known_steps():
     assert lr_at(110, **kw) == pytest.approx(0.1)
     assert lr_at(10_000, **kw) == pytest.approx(0.1)
     assert lr_at(0, 2.0, 0, 100, 0.0) == pytest.approx(2.0)
+
+
+def test_fit_to_time_scales_steps_and_gan_start_to_fill_the_time_left():
+    # 0.1 s per step, GAN steps 2x: 1000 pre-GAN + 200 GAN steps take 100 + 40 = 140 s
+    assert fit_to_time(1200, 1000, 0, 0.1, 2.0, 140.0) == (1200, 1000)
+    steps, gan = fit_to_time(1200, 1000, 40, 0.1, 2.0, 280.0 - 4.0)  # twice the time, 40 steps done
+    assert (steps, gan) == (2400, 2000)
+    steps, gan = fit_to_time(1200, 1000, 0, 0.1, 2.0, 70.0)  # a machine half as fast
+    assert (steps, gan) == (600, 500)
+    assert fit_to_time(1200, 5000, 0, 0.1, 2.0, 60.0) == (600, 2500)  # no GAN in the run: steps only count
+    assert fit_to_time(1200, 1000, 40, 0.1, 2.0, 0.0)[0] == 41  # no time left: stop after the next step
 
 
 def test_set_lr_applies_group_scales():

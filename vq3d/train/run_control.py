@@ -167,6 +167,17 @@ class RunControl:
 
     # -- progress ------------------------------------------------------------------------
 
+    def set_total_steps(self, total_steps: int) -> None:
+        """A new step bound (a run whose schedule was fitted to its time); the bar follows."""
+        self.total_steps = total_steps
+        self._bar.total = total_steps
+        self._bar.refresh()
+
+    def write(self, message: str) -> None:
+        """A line above the progress bar (shown only where the bar is)."""
+        if not self._bar.disable:
+            self._bar.write(message, file=sys.stderr)
+
     def update(self, step: int, losses: dict[str, float] | None = None) -> None:
         """Move the bar to `step` (steps done) and show `losses` (and skipped steps) beside it."""
         if self._bar.disable:

@@ -34,3 +34,19 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     """Set every param group's rate to `lr` times the group's optional `lr_scale` (default 1)."""
     for group in optimizer.param_groups:
         group["lr"] = lr * group.get("lr_scale", 1.0)
+
+
+def fit_to_time(steps: int, gan_start: int, done: int, step_seconds: float, gan_cost: float,
+                seconds_left: float) -> tuple[int, int]:
+    """(steps, gan_start) scaled by one factor f so that the rest of the run takes `seconds_left`.
+
+    Steps before `gan_start` take `step_seconds`, later ones `gan_cost` times that, and `done`
+    steps are behind us: f solves (f * pre - done) * t + f * gan * gan_cost * t = seconds_left with
+    pre = min(gan_start, steps), gan = steps - pre. Scaling both keeps the schedule's shape (the
+    cosine decay, the GAN's share) on a faster or slower machine.
+    """
+    pre = min(gan_start, steps)
+    gan = steps - pre
+    f = (seconds_left / step_seconds + done) / (pre + gan * gan_cost)
+    new_steps = max(done + 1, round(steps * f))
+    return new_steps, round(gan_start * f)

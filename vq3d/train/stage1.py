@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from vq3d.config import Config, ConfigError
+from vq3d.config import Config, ConfigError, save_config
 from vq3d.data.loader import build_dataset, write_dataset_info
 from vq3d.losses.perceptual import build_perceptual
 from vq3d.losses.reconstruction import LogitLaplaceLoss
@@ -30,6 +30,7 @@ from vq3d.train.checkpoint import load_checkpoint, save_checkpoint, seed_everyth
 from vq3d.train.distributed import (
     all_reduce_grads,
     barrier,
+    broadcast_object,
     broadcast_parameters,
     cleanup,
     reduce_metrics,
@@ -41,8 +42,12 @@ from vq3d.train.logger import RunLogger
 from vq3d.train.panels import stage1_panel
 from vq3d.train.run_control import RunControl
 from vq3d.train.runs import prepare_run
-from vq3d.train.schedule import lr_at, set_lr
+from vq3d.train.schedule import fit_to_time, lr_at, set_lr
 from vq3d.utils.io import atomic_write_json
+
+
+FIT_PROBE = (10, 40)  # train.fit_to_time times these steps (after start-up) to plan the run
+FIT_TIME_SHARE = 0.95  # of max_minutes, for the planned steps (the rest: checkpoints, slow steps)
 
 
 class Stage1Trainer:
@@ -186,6 +191,21 @@ class Stage1Trainer:
         self._last = (images, out)
         return logs
 
+    def _fit_to_time(self, rc: RunControl, step_seconds: float) -> None:
+        """Scale train.steps and loss.gan_start_steps to the time left (`train.fit_to_time`)."""
+        cfg = self.cfg
+        seconds_left = FIT_TIME_SHARE * cfg.train.max_minutes * 60.0 - (time.monotonic() - rc.start_time)
+        fitted = fit_to_time(cfg.train.steps, cfg.loss.gan_start_steps, self.step, step_seconds,
+                             _gan_step_cost(cfg), seconds_left)
+        steps, gan_start = broadcast_object(fitted)  # every rank keeps rank 0's plan
+        if self.info.is_main:
+            rc.write(f"fitted to {cfg.train.max_minutes:g} minutes at {step_seconds:.3f} s per step: {steps} steps "
+                     f"(was {cfg.train.steps}), GAN from step {gan_start} (was {cfg.loss.gan_start_steps})")
+        cfg.train.steps, cfg.loss.gan_start_steps = steps, gan_start
+        rc.set_total_steps(steps)
+        if self.info.is_main:
+            save_config(cfg, self.run_dir / "config.yaml")  # a resumed run continues this plan
+
     def train(self) -> dict[str, float]:
         """Run until the step/time bound or a signal; checkpoint on the way out."""
         cfg, info = self.cfg, self.info
@@ -205,10 +225,18 @@ class Stage1Trainer:
                 RunControl(cfg.train.steps, cfg.train.max_minutes, self.step, cfg.train.max_bad_steps,
                            show_progress=info.is_main, desc="stage1") as rc:
             t0 = time.monotonic()
+            # a run that stopped before the probe fits again; one that passed it saved its fitted plan
+            fitting = cfg.train.fit_to_time and cfg.train.max_minutes > 0 and self.step < FIT_PROBE[0]
+            probe_start = None
             while not rc.should_stop(self.step):
                 batch = next(stream)
                 logs = self.train_step(batch, rc)
                 self.step += 1
+                if fitting and self.step == FIT_PROBE[0]:
+                    probe_start = time.monotonic()
+                elif fitting and self.step == FIT_PROBE[1] and probe_start is not None:
+                    self._fit_to_time(rc, (time.monotonic() - probe_start) / (FIT_PROBE[1] - FIT_PROBE[0]))
+                    fitting = False
                 if logs is not None:
                     last = logs
                     rc.update(self.step, {k: logs[k] for k in ("loss", "mse", "depth") if k in logs})
@@ -229,6 +257,16 @@ class Stage1Trainer:
                 _write_bad_files(self.run_dir, dataset, bad)
                 last["stop_reason"] = rc.stop_reason  # type: ignore[assignment]
         return last
+
+
+def _gan_step_cost(cfg: Config) -> float:
+    """How many pre-GAN steps one GAN step costs, from the rays each renders: whole canonical and
+    novel images of the GAN batch against the ray subsets of the whole batch (the renderer is the
+    cost of a step; measured on 2 CPU cores for the demo preset: 1.6-1.8, this gives 2)."""
+    t, res = cfg.train, cfg.data.resolution
+    rays = cfg.render.train_rays if 0 < cfg.render.train_rays < res * res else res * res
+    gan_images = t.gan_batch_size or t.batch_size
+    return max(1.0, 2 * gan_images * res * res / (t.batch_size * rays)) if cfg.loss.gan > 0 else 1.0
 
 
 def _write_bad_files(run_dir: Path, dataset, bad: dict[str, str]) -> None:
