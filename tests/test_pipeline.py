@@ -153,8 +153,8 @@ def test_resume_continues_the_same_loss_curve(synth, tmp_path, gan_start):
 def test_a_run_fitted_to_its_time_ends_its_schedule_within_it(synth, tmp_path):
     run = tmp_path / "fit"
     assert main(["train", "stage1", "--preset", "tiny", "--data", str(synth), "--out", str(run),
-                 "--set", "data.num_workers=0", "--set", "train.fit_to_time=true", "--set", "train.steps=100000",
-                 "--set", "loss.gan=0", "--set", "loss.gan_start_steps=50000", "--max-minutes", "0.1"]) == 0
+                 "--set", "data.num_workers=0", "--set", "train.fit_to_time=true",
+                 "--set", "train.steps=100000", "--set", "loss.gan=0", "--set", "loss.gan_start_steps=50000", "--max-minutes", "0.1"]) == 0
     cfg = load_config("tiny", [str(run / "config.yaml")], [])  # the fitted plan is saved for --resume
     assert 40 < cfg.train.steps < 100000 and abs(cfg.loss.gan_start_steps - cfg.train.steps / 2) <= 1
     last = max(m["step"] for m in read_metrics(run) if "loss" in m)
@@ -216,10 +216,12 @@ def test_mirrored_tokens_encode_flipped_images_and_keep_pairs_on_one_side(stage1
     from vq3d.train.stage2 import split_rows
 
     tok = tmp_path / "tok"
-    assert main(["tokens", "--stage1", str(stage1_run), "--data", str(synth), "--out", str(tok), "--hflip"]) == 0
+    assert main(["tokens", "--stage1", str(stage1_run), "--data", str(synth), "--out", str(tok),
+                 "--hflip"]) == 0
     info = json.loads((tok / "tokens.json").read_text())
     ids, labels = np.load(tok / "ids.npy"), np.load(tok / "labels.npy")
-    images = torch.stack([item["image"] for item in SyntheticDataset(synth, split="train", novel_views=False)])
+    dataset = SyntheticDataset(synth, split="train", novel_views=False)
+    images = torch.stack([item["image"] for item in dataset])
     n = len(images)
     assert info["mirrored"] and info["count"] == info["done"] == 2 * n and ids.shape[0] == 2 * n
     model, _ = load_stage1(stage1_run, "cpu")

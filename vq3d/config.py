@@ -251,7 +251,8 @@ def demo() -> Config:
         layers=4, width=128, heads=4, dropout=0.1, batch_size=32, lr=1e-3,
         warmup_steps=100, steps=3000, val_fraction=0.1,
     )
-    # Classifier-free guidance 3 raises that share to 0.57 (the reconstructions' own is 0.66).
+    # Classifier-free guidance raises that share: 0.51 without, 0.67 at 2, 0.71 at 3 on a 20-minute
+    # Stage 1 whose reconstructions keep their class 0.68 of the time (README, "Presets").
     cfg.sample.guidance = 3.0
     return cfg
 

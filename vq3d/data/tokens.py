@@ -122,8 +122,8 @@ def extract_tokens(stage1_run: str | Path, data_path: str, out_dir: str | Path, 
         raise UserError(f"no usable images in {data_path}")
     rows = 2 * n if hflip else n
     identity = _stage1_identity(stage1_run, model)
-    info = {"count": rows, "mirrored": hflip, "seq_len": seq_len, "grid": model.grid, "codebook_size": cfg.model.codebook_size,
-            "class_names": list(getattr(dataset, "class_names", []) or []), "data": str(data_path),
+    info = {"count": rows, "mirrored": hflip, "seq_len": seq_len, "grid": model.grid,
+            "codebook_size": cfg.model.codebook_size, "class_names": list(getattr(dataset, "class_names", []) or []), "data": str(data_path),
             "split": split, **identity, "done": 0}
     info["num_classes"] = len(info["class_names"])
     meta_path = out_dir / "tokens.json"
@@ -151,13 +151,10 @@ def extract_tokens(stage1_run: str | Path, data_path: str, out_dir: str | Path, 
         images = batch["image"]
         if images.dtype == torch.uint8:
             images = images.float() / 127.5 - 1.0
-        batch_ids = model.encode(images.to(device)).cpu().numpy().astype(np.int32)
-        b = batch_ids.shape[0]
-        ids[row: row + b] = batch_ids
-        labels[row: row + b] = batch["label"].numpy()
-        if hflip:
-            ids[n + row: n + row + b] = model.encode(images.flip(-1).to(device)).cpu().numpy().astype(np.int32)
-            labels[n + row: n + row + b] = batch["label"].numpy()
+        b = images.shape[0]
+        for first, view in [(row, images)] + ([(n + row, images.flip(-1))] if hflip else []):
+            ids[first: first + b] = model.encode(view.to(device)).cpu().numpy().astype(np.int32)
+            labels[first: first + b] = batch["label"].numpy()
         row += b
         ids.flush()
         labels.flush()

@@ -199,8 +199,9 @@ class Stage1Trainer:
                              _gan_step_cost(cfg), seconds_left)
         steps, gan_start = broadcast_object(fitted)  # every rank keeps rank 0's plan
         if self.info.is_main:
-            rc.write(f"fitted to {cfg.train.max_minutes:g} minutes at {step_seconds:.3f} s per step: {steps} steps "
-                     f"(was {cfg.train.steps}), GAN from step {gan_start} (was {cfg.loss.gan_start_steps})")
+            rc.write(f"fitted to {cfg.train.max_minutes:g} minutes at {step_seconds:.3f} s per step: "
+                     f"{steps} steps (was {cfg.train.steps}), GAN from step {gan_start} "
+                     f"(was {cfg.loss.gan_start_steps})")
         cfg.train.steps, cfg.loss.gan_start_steps = steps, gan_start
         rc.set_total_steps(steps)
         if self.info.is_main:

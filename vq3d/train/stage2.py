@@ -97,7 +97,8 @@ def train_stage2(cfg: Config, tokens_dir: str | Path, run_dir: str | Path, resum
         opt = torch.optim.AdamW(model.param_groups(s2.weight_decay), lr=s2.lr, betas=s2.betas)
         # a mirrored image stays on its source image's side, so validation never sees a mirror of training
         sources = len(ids) // 2 if info.get("mirrored") else len(ids)
-        train_rows, val_rows = (mirror_pairs(r, info) for r in split_rows(sources, s2.val_fraction, cfg.train.seed))
+        split = split_rows(sources, s2.val_fraction, cfg.train.seed)
+        train_rows, val_rows = (mirror_pairs(rows, info) for rows in split)
         if dist_info.is_main:
             atomic_write_json(run_dir / "stage2.json", {
                 "tokens": str(Path(tokens_dir).resolve()), **{k: info[k] for k in (
