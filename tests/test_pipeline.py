@@ -154,12 +154,20 @@ def test_a_run_fitted_to_its_time_ends_its_schedule_within_it(synth, tmp_path):
     run = tmp_path / "fit"
     assert main(["train", "stage1", "--preset", "tiny", "--data", str(synth), "--out", str(run),
                  "--set", "data.num_workers=0", "--set", "train.fit_to_time=true",
-                 "--set", "train.steps=100000", "--set", "loss.gan=0", "--set", "loss.gan_start_steps=50000", "--max-minutes", "0.1"]) == 0
+                 "--set", "train.steps=100000", "--set", "loss.gan=0", "--set", "loss.gan_start_steps=50000",
+                 "--max-minutes", "0.1"]) == 0
     cfg = load_config("tiny", [str(run / "config.yaml")], [])  # the fitted plan is saved for --resume
     assert 40 < cfg.train.steps < 100000 and abs(cfg.loss.gan_start_steps - cfg.train.steps / 2) <= 1
     last = max(m["step"] for m in read_metrics(run) if "loss" in m)
     # it ends by its fitted steps (the time bound stays as a guard when a busy machine slows it)
     assert last == cfg.train.steps or last >= 0.7 * cfg.train.steps
+    # steps given on the command line are kept
+    assert main(["train", "stage1", "--preset", "tiny", "--data", str(synth), "--out", str(tmp_path / "kept"),
+                 "--set", "data.num_workers=0", "--set", "train.fit_to_time=true", "--set", "loss.gan=0",
+                 "--steps", "45", "--max-minutes", "0.1"]) == 0
+    kept = load_config("tiny", [str(tmp_path / "kept" / "config.yaml")], [])
+    assert kept.train.steps == 45 and not kept.train.fit_to_time
+    assert max(m["step"] for m in read_metrics(tmp_path / "kept") if "loss" in m) == 45
 
 
 def test_training_refuses_to_overwrite_and_reports_bad_data(stage1_run, tmp_path, capsys):

@@ -14,6 +14,8 @@ def _run_overrides(args: argparse.Namespace) -> list[str]:
     extra = []
     if args.steps is not None:
         extra.append(f"{args.section}.steps={args.steps}")
+        if args.section == "train":  # steps asked for are kept, not fitted to --max-minutes
+            extra.append("train.fit_to_time=false")
     if args.max_minutes is not None:
         extra.append(f"train.max_minutes={args.max_minutes}")
     if getattr(args, "data", None):
@@ -29,7 +31,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     s1.add_argument("--data", help="dataset folder, file list or shards (data.path)")
     s1.add_argument("--out", required=True, help="run folder (checkpoints, logs, config)")
     s1.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    s1.add_argument("--steps", type=int, help="total steps (train.steps)")
+    s1.add_argument("--steps", type=int,
+                    help="total steps (train.steps; kept as given, not fitted to --max-minutes)")
     s1.add_argument("--max-minutes", type=float, help="stop and checkpoint after this long (train.max_minutes)")
     s1.set_defaults(func=_stage1, section="train")
     s2 = stages.add_parser("stage2", help="the autoregressive GPT over Stage-1 tokens")

@@ -47,6 +47,7 @@ def train_stage(layout: DemoLayout, name: str, seconds: float, settings: dict[st
     step_arg = f" --steps {steps}" if steps is not None else ""
     run_sets = [f"train.max_minutes={minutes:.3f}"]
     run_sets += [f"{STAGE_SECTION[name]}.steps={steps}"] if steps is not None else []
+    run_sets += ["train.fit_to_time=false"] if name == "stage1" and steps is not None else []
     if resume:
         command = f"vq3d train {name} --out {q(run)} --resume --max-minutes {minutes:.3f}{step_arg}"
     else:
