@@ -128,3 +128,21 @@ def test_scale_floor_gives_a_gradient_along_rays_that_the_saddle_lacks():
     # now near targets (d high) prefer near samples (high D), far targets far ones
     near, far = d[0].argmax(), d[0].argmin()
     assert g[0, near, -1] < g[0, near, 0] and g[0, far, 0] < g[0, far, -1]
+
+
+def test_metric_loss_is_zero_only_at_the_true_disparity_and_reports_its_scale():
+    from vq3d.losses.depth import metric_depth_loss
+
+    W, D, surface = one_surface(seed=4)
+    loss, s = metric_depth_loss(W, D, surface)
+    assert loss.abs() < 1e-12 and torch.allclose(s, torch.ones_like(s))
+    # unlike Eq. 1-2, a scene placed at another distance (shifted disparity) is penalised
+    shifted, _ = metric_depth_loss(W, D, surface + 0.2)
+    assert torch.isclose(shifted, torch.tensor(0.04, dtype=shifted.dtype))
+    relative, _, _ = depth_loss(W, D, surface + 0.2)
+    assert relative.abs() < 1e-12
+    # its gradient moves the weights towards the samples at the target disparity
+    Wg = torch.full_like(W, 1.0 / W.shape[-1]).requires_grad_(True)
+    metric_depth_loss(Wg, D, surface)[0].backward()
+    on_surface = Wg.grad[W.bool()]
+    assert on_surface.mean() < Wg.grad[~W.bool()].mean()

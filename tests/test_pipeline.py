@@ -268,3 +268,37 @@ def test_reconstruct_writes_every_promised_file(stage1_run, tmp_path, mode):
         assert (out / "other" / name).is_file(), name
     summary = json.loads((out / "reconstruct.json").read_text())
     assert len(summary["images"]) == 2 and any("broken" in k for k in summary["skipped"])
+
+
+def test_metric_depth_target_is_chosen_for_synthetic_data_and_refused_for_relative_depth(synth, tmp_path):
+    from PIL import Image
+
+    from vq3d.config import ConfigError
+    from vq3d.losses.reconstruction import LogitLaplaceLoss
+    from vq3d.losses.stage1 import generator_losses
+    from vq3d.train.stage1 import uses_metric_depth
+
+    cfg = load_config("tiny")
+    cfg.data.path = str(synth)
+    assert not uses_metric_depth(cfg)  # the paper's relative loss is the default
+    cfg.loss.depth_target = "auto"
+    assert uses_metric_depth(cfg)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.new("RGB", (16, 16)).save(photos / "a.png")
+    cfg.data.path = str(photos)
+    assert not uses_metric_depth(cfg)  # pseudo-GT depth is relative
+    cfg.loss.depth_target = "metric"
+    with pytest.raises(ConfigError, match="only synthetic data"):
+        uses_metric_depth(cfg)
+
+    model = Stage1Model(cfg).eval()
+    images = torch.rand(2, 3, 16, 16) * 2 - 1
+    with torch.no_grad():
+        out = model(images)
+        args = (images, torch.rand(2, 1, 16, 16) + 0.3, out["quant"], out["canonical"], None, cfg.loss,
+                cfg.render, LogitLaplaceLoss(), None, None, None)
+        _, metric = generator_losses(*args, step=0, metric_depth=True)
+        _, relative = generator_losses(*args, step=0)
+    assert "scale" not in metric and "scale" in relative  # Eq. 3 is moot at s = 1
+    assert metric["depth"] != relative["depth"]

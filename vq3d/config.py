@@ -101,6 +101,10 @@ class LossConfig:
     depth_scale_floor: float = 0.0  # clamp s* from below early in training (0 = off; see depth_loss)
     depth_scale_floor_steps: int = 0  # the floor fades linearly to 0 over these steps
     depth_grad_through_st: bool = True  # let gradients flow through s*, t*
+    # "relative": Eq. 1-2 against the per-image normalized target (the paper; pseudo-GT depth).
+    # "metric": s = 1, t = 0 against the true disparity of synthetic data (vq3d.losses.depth.
+    # metric_depth_loss); Eq. 3 is then moot. "auto": metric on synthetic data, else relative.
+    depth_target: Literal["auto", "relative", "metric"] = "relative"
     r1_gamma: float = 10.0  # lazy R1 penalty on real images
     r1_every: int = 16
     lpips_vgg_path: str = ""  # local VGG16 weights (safetensors or torchvision .pth state dict)
@@ -232,6 +236,9 @@ def demo() -> Config:
     cfg.loss.depth_scale_floor = 1.5
     cfg.loss.depth_scale_floor_steps = 600
     cfg.loss.max_scale = 2.5
+    # On synthetic data the depth target is true disparity, so the scene's distance is known:
+    # without it the relative loss left the object at 2.1x its distance (README, "Presets").
+    cfg.loss.depth_target = "auto"
     cfg.loss.gan_start_steps = 2000
     cfg.loss.gan_warmup_steps = 100
     # The renderer is the cost of a step: before the GAN each image renders 256 of its 1,024 rays,

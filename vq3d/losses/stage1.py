@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from vq3d.config import LossConfig, RenderConfig
-from vq3d.losses.depth import depth_loss, normalize_disparity, scale_loss
+from vq3d.losses.depth import depth_loss, metric_depth_loss, normalize_disparity, scale_loss
 from vq3d.losses.gan import discriminator_loss, generator_loss, r1_penalty
 from vq3d.losses.nerf import distortion_loss, interlevel_loss
 from vq3d.losses.reconstruction import LogitLaplaceLoss, mse_loss
@@ -85,8 +85,13 @@ def generator_losses(
     d_novel: nn.Module | None,
     step: int,
     pixels: Tensor | None = None,
+    metric_depth: bool = False,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Eq. 4. images (B, 3, H, W) in [-1, 1]; target_disparity (B, 1, H, W) or None.
+
+    metric_depth: the target is true disparity in the renderer's units, so the depth loss is
+    Eq. 2 at s = 1, t = 0 (`metric_depth_loss`) and Eq. 3 is left out; else Eq. 1-3 on the
+    per-image normalized target.
 
     pixels: (B, N) raster indices when `canonical` rendered only those rays (its images are then
     (B, C, 1, N)); the targets are gathered to match, after the per-image disparity normalization.
@@ -107,7 +112,14 @@ def generator_losses(
             raise ValueError("the perceptual loss needs whole images: render every pixel while it is on")
         terms["perceptual"] = perceptual(rgb, images).mean()
         total = total + c.perceptual * terms["perceptual"]
-    if target_disparity is not None and (c.depth or c.scale):
+    if target_disparity is not None and metric_depth and c.depth:
+        target = target_disparity.flatten(1)  # (B, H*W), unnormalized
+        if pixels is not None:
+            target = target.gather(1, pixels)
+        terms["depth"], terms["s_star"] = metric_depth_loss(canonical.weights, canonical.sample_disparity, target)
+        terms["s_star"] = terms["s_star"].mean()
+        total = total + c.depth * terms["depth"]
+    elif target_disparity is not None and not metric_depth and (c.depth or c.scale):
         target = normalize_disparity(target_disparity).flatten(1)  # (B, H*W)
         if pixels is not None:
             target = target.gather(1, pixels)  # (B, N)

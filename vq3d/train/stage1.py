@@ -17,7 +17,8 @@ import torch
 from torch import Tensor, nn
 
 from vq3d.config import Config, ConfigError, save_config
-from vq3d.data.loader import build_dataset, write_dataset_info
+from vq3d.errors import UserError
+from vq3d.data.loader import build_dataset, detect_kind, write_dataset_info
 from vq3d.losses.perceptual import build_perceptual
 from vq3d.losses.reconstruction import LogitLaplaceLoss
 from vq3d.losses.stage1 import discriminator_losses, generator_losses
@@ -50,6 +51,27 @@ FIT_PROBE = (10, 40)  # train.fit_to_time times these steps (after start-up) to 
 FIT_TIME_SHARE = 0.95  # of max_minutes, for the planned steps (the rest: checkpoints, slow steps)
 
 
+def uses_metric_depth(cfg: Config) -> bool:
+    """Whether loss.depth_target means the metric depth loss for this run's data: "auto" picks it
+    for synthetic data (whose targets are true disparity), "metric" requires such data."""
+    mode = cfg.loss.depth_target
+    if mode == "relative" or not (cfg.loss.depth or cfg.loss.scale):
+        return False
+    try:
+        kind = cfg.data.kind if cfg.data.kind != "auto" else detect_kind(cfg.data.path)
+    except UserError:
+        if mode == "metric":
+            raise
+        return False  # no data to tell by; building the dataset will say what is wrong
+    if kind == "synthetic":
+        return True
+    if mode == "metric":
+        raise ConfigError(f"loss.depth_target=metric needs true depth, which only synthetic data has "
+                          f"({cfg.data.path} is {kind} data, whose pseudo-GT depth is relative): "
+                          "use loss.depth_target=relative or auto")
+    return False
+
+
 class Stage1Trainer:
     """Holds the models, optimizers and state of one Stage-1 run."""
 
@@ -64,6 +86,7 @@ class Stage1Trainer:
                               f"and train.batch_size ({t.batch_size})")
         if cfg.render.train_rays < 0:
             raise ConfigError(f"render.train_rays {cfg.render.train_rays} must be >= 0 (0 = every pixel)")
+        self.metric_depth = uses_metric_depth(cfg)
         self.model = Stage1Model(cfg).to(self.device)
         res = cfg.data.resolution
         self.use_gan = L.gan > 0
@@ -154,7 +177,7 @@ class Stage1Trainer:
             total, terms = generator_losses(
                 images, disparity, out["quant"], out["canonical"], out["novel"], cfg.loss, r,
                 self.logit_laplace, self.perceptual, self.d_main, self.d_novel if out["novel"] else None, step,
-                pixels)
+                pixels, metric_depth=self.metric_depth)
         if not rc.record_loss(total, step):
             self.skipped += 1
             self.opt_g.zero_grad(set_to_none=True)
@@ -225,6 +248,9 @@ class Stage1Trainer:
         with RunLogger(self.run_dir, enabled=info.is_main, resume_step=self.step or None) as logger, \
                 RunControl(cfg.train.steps, cfg.train.max_minutes, self.step, cfg.train.max_bad_steps,
                            show_progress=info.is_main, desc="stage1") as rc:
+            if info.is_main and self.metric_depth and self.step == 0:
+                rc.write("depth loss: metric (Eq. 2 at s = 1, t = 0 against the synthetic scenes' true "
+                         "disparity; loss.depth_target=relative for the paper's Eq. 1-3)")
             t0 = time.monotonic()
             # a run that stopped before the probe fits again; one that passed it saved its fitted plan
             fitting = cfg.train.fit_to_time and cfg.train.max_minutes > 0 and self.step < FIT_PROBE[0]
