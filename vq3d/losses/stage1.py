@@ -116,8 +116,8 @@ def generator_losses(
         target = target_disparity.flatten(1)  # (B, H*W), unnormalized
         if pixels is not None:
             target = target.gather(1, pixels)
-        terms["depth"], terms["s_star"] = metric_depth_loss(canonical.weights, canonical.sample_disparity, target)
-        terms["s_star"] = terms["s_star"].mean()
+        terms["depth"], s = metric_depth_loss(canonical.weights, canonical.sample_disparity, target)
+        terms["s_star"] = s.mean()  # Eq. 1's s* against true disparity: 1 for exact geometry
         total = total + c.depth * terms["depth"]
     elif target_disparity is not None and not metric_depth and (c.depth or c.scale):
         target = normalize_disparity(target_disparity).flatten(1)  # (B, H*W)

@@ -17,8 +17,8 @@ import torch
 from torch import Tensor, nn
 
 from vq3d.config import Config, ConfigError, save_config
-from vq3d.errors import UserError
 from vq3d.data.loader import build_dataset, detect_kind, write_dataset_info
+from vq3d.errors import UserError
 from vq3d.losses.perceptual import build_perceptual
 from vq3d.losses.reconstruction import LogitLaplaceLoss
 from vq3d.losses.stage1 import discriminator_losses, generator_losses
