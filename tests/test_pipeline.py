@@ -150,17 +150,22 @@ def test_resume_continues_the_same_loss_curve(synth, tmp_path, gan_start):
         assert math.isclose(a[step], b[step], rel_tol=1e-5), (step, a[step], b[step])
 
 
-def test_a_run_fitted_to_its_time_ends_its_schedule_within_it(synth, tmp_path):
+def test_a_run_fitted_to_its_time_ends_its_schedule_within_it(synth, tmp_path, monkeypatch):
+    from vq3d.train.stage1 import Stage1Trainer
+
+    # The probe's timing is replaced by a fixed, pessimistic step time (0.4 s, ~10x a tiny step),
+    # so the plan does not depend on how busy the machine is while the suite runs.
+    fit = Stage1Trainer._fit_to_time
+    monkeypatch.setattr(Stage1Trainer, "_fit_to_time", lambda self, rc, _seconds: fit(self, rc, 0.4))
     run = tmp_path / "fit"
     assert main(["train", "stage1", "--preset", "tiny", "--data", str(synth), "--out", str(run),
                  "--set", "data.num_workers=0", "--set", "train.fit_to_time=true",
                  "--set", "train.steps=100000", "--set", "loss.gan=0", "--set", "loss.gan_start_steps=50000",
-                 "--max-minutes", "0.1"]) == 0
+                 "--max-minutes", "1"]) == 0
     cfg = load_config("tiny", [str(run / "config.yaml")], [])  # the fitted plan is saved for --resume
-    assert 40 < cfg.train.steps < 100000 and abs(cfg.loss.gan_start_steps - cfg.train.steps / 2) <= 1
-    last = max(m["step"] for m in read_metrics(run) if "loss" in m)
-    # it ends by its fitted steps (the time bound stays as a guard when a busy machine slows it)
-    assert last == cfg.train.steps or last >= 0.7 * cfg.train.steps
+    assert 40 < cfg.train.steps < 300 and abs(cfg.loss.gan_start_steps - cfg.train.steps / 2) <= 1
+    # it ends by its fitted steps, not by the time bound
+    assert max(m["step"] for m in read_metrics(run) if "loss" in m) == cfg.train.steps
     # steps given on the command line are kept
     assert main(["train", "stage1", "--preset", "tiny", "--data", str(synth), "--out", str(tmp_path / "kept"),
                  "--set", "data.num_workers=0", "--set", "train.fit_to_time=true", "--set", "loss.gan=0",
