@@ -112,24 +112,24 @@ def generator_losses(
             raise ValueError("the perceptual loss needs whole images: render every pixel while it is on")
         terms["perceptual"] = perceptual(rgb, images).mean()
         total = total + c.perceptual * terms["perceptual"]
-    if target_disparity is not None and metric_depth and c.depth:
-        target = target_disparity.flatten(1)  # (B, H*W), unnormalized
-        if pixels is not None:
-            target = target.gather(1, pixels)
-        terms["depth"], s = metric_depth_loss(canonical.weights, canonical.sample_disparity, target)
-        terms["s_star"] = s.mean()  # Eq. 1's s* against true disparity: 1 for exact geometry
-        total = total + c.depth * terms["depth"]
-    elif target_disparity is not None and not metric_depth and (c.depth or c.scale):
-        target = normalize_disparity(target_disparity).flatten(1)  # (B, H*W)
+    if target_disparity is not None and (c.depth or (c.scale and not metric_depth)):
+        # metric targets are used as they are; relative ones are normalized per image first
+        target = target_disparity if metric_depth else normalize_disparity(target_disparity)
+        target = target.flatten(1)  # (B, H*W)
         if pixels is not None:
             target = target.gather(1, pixels)  # (B, N)
-        terms["depth"], s, _ = depth_loss(canonical.weights, canonical.sample_disparity, target,
-                                          grad_through_st=c.depth_grad_through_st,
-                                          min_scale=scale_floor(c, step))
-        terms["scale"] = scale_loss(s, c.small_scale, c.max_scale)
-        terms["s_star"] = s.detach().mean()  # the s used (>= the floor while it is on)
-        terms["s_floor"] = torch.tensor(scale_floor(c, step))
-        total = total + c.depth * terms["depth"] + c.scale * terms["scale"]
+        if metric_depth:
+            terms["depth"], s = metric_depth_loss(canonical.weights, canonical.sample_disparity, target)
+            terms["s_star"] = s.mean()  # Eq. 1's s* against true disparity: 1 for exact geometry
+            total = total + c.depth * terms["depth"]
+        else:
+            terms["depth"], s, _ = depth_loss(canonical.weights, canonical.sample_disparity, target,
+                                              grad_through_st=c.depth_grad_through_st,
+                                              min_scale=scale_floor(c, step))
+            terms["scale"] = scale_loss(s, c.small_scale, c.max_scale)
+            terms["s_star"] = s.detach().mean()  # the s used (>= the floor while it is on)
+            terms["s_floor"] = torch.tensor(scale_floor(c, step))
+            total = total + c.depth * terms["depth"] + c.scale * terms["scale"]
     if c.distortion or c.interlevel:
         renders = [canonical] + ([novel] if novel is not None else [])
         regs = [nerf_regularizers(r) for r in renders]
