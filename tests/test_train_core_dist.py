@@ -10,7 +10,9 @@ import json
 import multiprocessing
 import os
 import socket
+import time
 
+import pytest
 import torch
 import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
@@ -93,8 +95,14 @@ def worker(rank: int, port: int, out_dir: str) -> None:
 
 def test_two_gloo_ranks_train_identical_weights_and_agree(tmp_path):
     multiprocessing.set_forkserver_preload(["torch", "torch._dynamo", __name__])
-    mp.start_processes(worker, args=(free_port(), str(tmp_path)), nprocs=2, join=True,
-                       start_method="forkserver")
+    ranks = mp.start_processes(worker, args=(free_port(), str(tmp_path)), nprocs=2, join=False,
+                               start_method="forkserver")
+    deadline = time.monotonic() + 120
+    while not ranks.join(timeout=5):  # raises if a rank failed
+        if time.monotonic() > deadline:
+            for proc in ranks.processes:
+                proc.kill()
+            pytest.fail("the two gloo ranks did not finish in 120 s")
     w0 = load_file(str(tmp_path / "rank0.safetensors"))
     w1 = load_file(str(tmp_path / "rank1.safetensors"))
     for k in w0:

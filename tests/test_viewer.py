@@ -349,7 +349,9 @@ def browser():
         pytest.skip("browser tests need the playwright package (pip install playwright; "
                     "never run `playwright install`: the tests use /usr/bin/chromium)")
     with sync_playwright() as pw:
-        chromium = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"], headless=True)
+        # --disable-dev-shm-usage: containers often have a tiny /dev/shm, where tabs crash or stall
+        chromium = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-dev-shm-usage"],
+                                      headless=True, timeout=60_000)
         yield chromium
         chromium.close()
 
@@ -379,6 +381,7 @@ def _settled(page, condition: str = "true") -> None:
 
 def _open(browser, server):
     page = browser.new_page()
+    page.set_default_timeout(30_000)
     page.goto(server.url)
     page.wait_for_selector("body[data-ready='1']", timeout=30_000)
     return page
