@@ -156,7 +156,7 @@ def test_a_run_fitted_to_its_time_ends_its_schedule_within_it(synth, tmp_path, m
     # The probe's timing is replaced by a fixed, pessimistic step time (0.4 s, ~10x a tiny step),
     # so the plan does not depend on how busy the machine is while the suite runs.
     fit = Stage1Trainer._fit_to_time
-    monkeypatch.setattr(Stage1Trainer, "_fit_to_time", lambda self, rc, _seconds: fit(self, rc, 0.4))
+    monkeypatch.setattr(Stage1Trainer, "_fit_to_time", lambda self, rc, _s, gan=False: fit(self, rc, 0.4, gan))
     run = tmp_path / "fit"
     assert main(["train", "stage1", "--preset", "tiny", "--data", str(synth), "--out", str(run),
                  "--set", "data.num_workers=0", "--set", "train.fit_to_time=true",
@@ -173,6 +173,31 @@ def test_a_run_fitted_to_its_time_ends_its_schedule_within_it(synth, tmp_path, m
     kept = load_config("tiny", [str(tmp_path / "kept" / "config.yaml")], [])
     assert kept.train.steps == 45 and not kept.train.fit_to_time
     assert max(m["step"] for m in read_metrics(tmp_path / "kept") if "loss" in m) == 45
+
+
+def test_a_fitted_run_refits_its_steps_once_the_gan_steps_are_timed(synth, tmp_path, monkeypatch):
+    from vq3d.train.stage1 import Stage1Trainer
+
+    # fixed step times, so the plan does not depend on the load: 0.2 s before the GAN, and 0.8 s
+    # with it, twice what the first plan assumes (GAN steps cost 2x on these rays)
+    fit, calls = Stage1Trainer._fit_to_time, []
+
+    def fixed(self, rc, _seconds, gan=False):
+        calls.append((self.step, gan, self.cfg.train.steps))
+        fit(self, rc, 0.8 if gan else 0.2, gan)
+
+    monkeypatch.setattr(Stage1Trainer, "_fit_to_time", fixed)
+    run = tmp_path / "gan"
+    assert main(["train", "stage1", "--preset", "tiny", "--data", str(synth), "--out", str(run),
+                 "--set", "data.num_workers=0", "--set", "train.fit_to_time=true", "--set", "train.steps=200",
+                 "--set", "loss.gan_start_steps=50", "--max-minutes", "1"]) == 0
+    cfg = load_config("tiny", [str(run / "config.yaml")], [])
+    assert calls[0][:2] == (40, False)
+    gan_refits = [c for c in calls if c[1]]
+    # the GAN's steps are timed after 10 settling ones, and 50 of them refit the plan, which shrinks
+    assert gan_refits and gan_refits[0][0] == max(40, cfg.loss.gan_start_steps) + 60
+    assert cfg.train.steps < gan_refits[0][2]
+    assert max(m["step"] for m in read_metrics(run) if "loss" in m) == cfg.train.steps
 
 
 def test_training_refuses_to_overwrite_and_reports_bad_data(stage1_run, tmp_path, capsys):

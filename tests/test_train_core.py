@@ -23,7 +23,7 @@ from vq3d.train.checkpoint import (
 )
 from vq3d.train.ema import EMA
 from vq3d.train.sampler import ResumableBatchSampler
-from vq3d.train.schedule import fit_to_time, lr_at, set_lr
+from vq3d.train.schedule import FitClock, fit_to_time, lr_at, set_lr
 
 
 class Tiny(nn.Module):
@@ -275,6 +275,23 @@ def test_fit_to_time_scales_steps_and_gan_start_to_fill_the_time_left():
     assert (steps, gan) == (600, 500)
     assert fit_to_time(1200, 5000, 0, 0.1, 2.0, 60.0) == (600, 2500)  # no GAN in the run: steps only count
     assert fit_to_time(1200, 1000, 40, 0.1, 2.0, 0.0)[0] == 41  # no time left: stop after the next step
+
+
+def test_fit_clock_refits_from_the_mean_of_each_phase():
+    # start-up steps take 5 s, later ones 1 s; GAN steps (from step index 400) 2 s, the first 3 of them 9 s
+    clock, now, refits = FitClock(probe=(10, 40), every=250, gan_probe=50, settle=10), 0.0, {}
+    for step in range(700):
+        gan = step >= 400
+        now += 5.0 if step < 3 else 9.0 if 400 <= step < 403 else 2.0 if gan else 1.0
+        due = clock.tick(step + 1, now, gan)
+        if due is not None:
+            refits[step + 1] = due
+    # first at step 40 (timed from step 10, like the probe), then every 250 steps; the GAN phase
+    # refits once 50 of its steps are timed after 10 settling ones, then 250 steps after that
+    assert sorted(refits) == [40, 290, 460]
+    assert refits[40] == pytest.approx((1.0, False)) and refits[290] == pytest.approx((1.0, False))
+    assert refits[460] == pytest.approx((2.0, True))
+    assert clock.tick(711, now + 22.0, True) == pytest.approx((2.0, True))  # 250 after the last one
 
 
 def test_set_lr_applies_group_scales():

@@ -50,3 +50,45 @@ def fit_to_time(steps: int, gan_start: int, done: int, step_seconds: float, gan_
     f = (seconds_left / step_seconds + done) / (pre + gan * gan_cost)
     new_steps = max(done + 1, round(steps * f))
     return new_steps, round(gan_start * f)
+
+
+class FitClock:
+    """Times a run's steps and says when to refit its plan to its minutes (`train.fit_to_time`).
+
+    The first fit comes at step `probe[1]`, timed from step `probe[0]` (start-up steps are slower).
+    Later refits come every `every` steps and use the mean time of every step timed so far in the
+    current phase (before the GAN, or with it), so the plan converges on the real step time
+    instead of trusting 30 noisy steps (on 2 busy cores two probes of one preset read 0.21 and
+    0.26 s). GAN steps are timed from the `settle`-th of them on, and the plan is refitted as
+    soon as `gan_probe` are timed: until then their cost is an estimate from the rays they render.
+    """
+
+    def __init__(self, probe: tuple[int, int] = (10, 40), every: int = 250, gan_probe: int = 50,
+                 settle: int = 10) -> None:
+        self.probe, self.every, self.gan_probe, self.settle = probe, every, gan_probe, settle
+        self.phase: bool | None = None  # whether the steps timed now train the GAN
+        self.phase_start = 0  # the first step of the current phase
+        self.mark: tuple[int, float] | None = None  # (steps done, time) where timing began
+        self.last_fit: int | None = None  # steps done at the last refit (of either phase)
+        self.fitted_gan = False
+
+    def tick(self, done: int, now: float, gan: bool) -> tuple[float, bool] | None:
+        """Record that step `done - 1` ended at `now` (seconds, monotonic); `gan`: whether it
+        trained the GAN. Returns (mean seconds per step, gan) when the plan should be refitted."""
+        if gan != self.phase:
+            self.phase, self.phase_start, self.mark = gan, done - 1, None
+        settle = self.settle if gan else self.probe[0]
+        if self.mark is None:
+            if done - self.phase_start >= settle:
+                self.mark = (done, now)
+            return None
+        timed = done - self.mark[0]
+        if gan:
+            due = timed >= self.gan_probe and (not self.fitted_gan or done - self.last_fit >= self.every)
+        else:
+            due = timed >= self.probe[1] - self.probe[0] and (
+                self.last_fit is None or done - self.last_fit >= self.every)
+        if not due:
+            return None
+        self.last_fit, self.fitted_gan = done, self.fitted_gan or gan
+        return (now - self.mark[1]) / timed, gan

@@ -43,11 +43,11 @@ from vq3d.train.logger import RunLogger
 from vq3d.train.panels import stage1_panel
 from vq3d.train.run_control import RunControl
 from vq3d.train.runs import prepare_run
-from vq3d.train.schedule import fit_to_time, lr_at, set_lr
+from vq3d.train.schedule import FitClock, fit_to_time, lr_at, set_lr
 from vq3d.utils.io import atomic_write_json
 
 
-FIT_PROBE = (10, 40)  # train.fit_to_time times these steps (after start-up) to plan the run
+FIT_PROBE = (10, 40)  # train.fit_to_time first plans the run from these steps (after start-up)
 FIT_TIME_SHARE = 0.95  # of max_minutes, for the planned steps (the rest: checkpoints, slow steps)
 
 
@@ -77,6 +77,7 @@ class Stage1Trainer:
 
     def __init__(self, cfg: Config, run_dir: str | Path, start_step: int = 0) -> None:
         self.cfg, self.run_dir, self.step = cfg, Path(run_dir), start_step
+        self._fitted = False  # whether train.fit_to_time has planned this session's steps yet
         self.info = setup_distributed(cfg.train.device)
         self.device = self.info.device
         seed_everything(cfg.train.seed + self.info.rank)
@@ -214,17 +215,24 @@ class Stage1Trainer:
         self._last = (images, out)
         return logs
 
-    def _fit_to_time(self, rc: RunControl, step_seconds: float) -> None:
-        """Scale train.steps and loss.gan_start_steps to the time left (`train.fit_to_time`)."""
+    def _fit_to_time(self, rc: RunControl, step_seconds: float, in_gan: bool = False) -> None:
+        """Refit train.steps (and, before the GAN, loss.gan_start_steps) to the time left
+        (`train.fit_to_time`): `step_seconds` is the measured mean of the current phase's steps."""
         cfg = self.cfg
         seconds_left = FIT_TIME_SHARE * cfg.train.max_minutes * 60.0 - (time.monotonic() - rc.start_time)
-        fitted = fit_to_time(cfg.train.steps, cfg.loss.gan_start_steps, self.step, step_seconds,
-                             _gan_step_cost(cfg), seconds_left)
+        if in_gan:  # the GAN has started: only the number of steps is left to choose
+            fitted = (self.step + max(1, int(seconds_left / step_seconds)), cfg.loss.gan_start_steps)
+        else:
+            fitted = fit_to_time(cfg.train.steps, cfg.loss.gan_start_steps, self.step, step_seconds,
+                                 _gan_step_cost(cfg), seconds_left)
         steps, gan_start = broadcast_object(fitted)  # every rank keeps rank 0's plan
-        if self.info.is_main:
-            rc.write(f"fitted to {cfg.train.max_minutes:g} minutes at {step_seconds:.3f} s per step: "
-                     f"{steps} steps (was {cfg.train.steps}), GAN from step {gan_start} "
-                     f"(was {cfg.loss.gan_start_steps})")
+        first = not self._fitted
+        changed = abs(steps - cfg.train.steps) > 0.01 * cfg.train.steps
+        if self.info.is_main and (first or changed):
+            rc.write(f"{'fitted' if first else 'refitted'} to {cfg.train.max_minutes:g} minutes at "
+                     f"{step_seconds:.3f} s per {'GAN ' if in_gan else ''}step: {steps} steps "
+                     f"(was {cfg.train.steps}), GAN from step {gan_start} (was {cfg.loss.gan_start_steps})")
+        self._fitted = True
         cfg.train.steps, cfg.loss.gan_start_steps = steps, gan_start
         rc.set_total_steps(steps)
         if self.info.is_main:
@@ -254,16 +262,16 @@ class Stage1Trainer:
             t0 = time.monotonic()
             # a run that stopped before the probe fits again; one that passed it saved its fitted plan
             fitting = cfg.train.fit_to_time and cfg.train.max_minutes > 0 and self.step < FIT_PROBE[0]
-            probe_start = None
+            clock = FitClock(FIT_PROBE) if fitting else None
             while not rc.should_stop(self.step):
                 batch = next(stream)
                 logs = self.train_step(batch, rc)
                 self.step += 1
-                if fitting and self.step == FIT_PROBE[0]:
-                    probe_start = time.monotonic()
-                elif fitting and self.step == FIT_PROBE[1] and probe_start is not None:
-                    self._fit_to_time(rc, (time.monotonic() - probe_start) / (FIT_PROBE[1] - FIT_PROBE[0]))
-                    fitting = False
+                if clock is not None:
+                    gan = self.use_gan and self.step - 1 >= cfg.loss.gan_start_steps
+                    refit = clock.tick(self.step, time.monotonic(), gan)
+                    if refit is not None:
+                        self._fit_to_time(rc, *refit)
                 if logs is not None:
                     last = logs
                     rc.update(self.step, {k: logs[k] for k in ("loss", "mse", "depth") if k in logs})
