@@ -371,6 +371,17 @@ def test_ema_math_on_a_scalar_parameter():
     assert model.weight.requires_grad
 
 
+def test_ema_decay_warms_up_with_the_step():
+    model = nn.Linear(1, 1, bias=False)
+    nn.init.constant_(model.weight, 0.0)
+    ema = EMA(model, decay=0.999)
+    assert [ema.decay_at(s) for s in (0, 10, 100_000)] == pytest.approx([0.1, 11 / 20, 0.999])
+    assert ema.decay_at(None) == 0.999
+    nn.init.constant_(model.weight, 1.0)
+    ema.update(model, step=0)  # keeps only 10% of the initial weights at the first step
+    assert ema.shadow.weight.item() == pytest.approx(0.9)
+
+
 def test_ema_shadow_is_fp32_for_a_bf16_model(tmp_path):
     model = nn.Linear(2, 2).to(torch.bfloat16)
     ema = EMA(model, decay=0.5)

@@ -1,13 +1,15 @@
 """Exponential moving average of a model's weights, kept in fp32.
 
     ema = EMA(model, cfg.ema_decay)          # model may be DDP / torch.compile wrapped
-    ... optimizer.step(); ema.update(model)
+    ... optimizer.step(); ema.update(model, step)
     save_checkpoint(..., modules={"model": model, "ema": ema.shadow}, ...)
     save_weights(run_dir / "ema.safetensors", ema.shadow)
 
 `shadow` is a full copy of the (unwrapped) module, so it checkpoints, exports and renders like
 the model itself. Update: shadow <- decay * shadow + (1 - decay) * weights, for every floating
-parameter and buffer; other buffers (counters, integer tables) are copied.
+parameter and buffer; other buffers (counters, integer tables) are copied. Given the step, the
+decay warms up as min(decay, (1 + step) / (10 + step)) (the `num_updates` rule of TensorFlow's
+ExponentialMovingAverage), so early steps do not leave the random initialisation in the average.
 """
 
 from __future__ import annotations
@@ -40,13 +42,20 @@ class EMA:
         return [(own[k], theirs[k]) for k in own]
 
     @torch.no_grad()
-    def update(self, module: nn.Module) -> None:
-        """shadow <- decay * shadow + (1 - decay) * module (floating tensors; others copied)."""
+    def update(self, module: nn.Module, step: int | None = None) -> None:
+        """shadow <- d * shadow + (1 - d) * module (floating tensors; others copied).
+
+        d is `decay`, or its warmed-up value at `step` (0-based) when a step is given.
+        """
+        d = self.decay_at(step)
         for mine, theirs in self._pairs(module):
             if mine.is_floating_point():
-                mine.lerp_(theirs.detach().to(mine.dtype), 1.0 - self.decay)
+                mine.lerp_(theirs.detach().to(mine.dtype), 1.0 - d)
             else:
                 mine.copy_(theirs)
+
+    def decay_at(self, step: int | None) -> float:
+        return self.decay if step is None else min(self.decay, (1.0 + step) / (10.0 + step))
 
     @torch.no_grad()
     def copy_to(self, module: nn.Module) -> None:

@@ -190,7 +190,7 @@ class Stage1Trainer:
             [p for g in self.opt_g.param_groups for p in g["params"]], cfg.train.grad_clip or float("inf"))
         self.opt_g.step()
         if self.ema is not None:
-            self.ema.update(self.model)
+            self.ema.update(self.model, step)
         quant = out["quant"]
         self.usage.update(quant.ids)
         restarted = self.model.quantizer.restart_dead_codes(quant.latents, gen)
