@@ -247,8 +247,9 @@ def demo() -> Config:
     cfg.loss.gan_warmup_steps = 100
     # The renderer is the cost of a step: before the GAN each image renders 256 of its 1,024 rays
     # (measured: +0.5 dB PSNR in the same 20 minutes against whole images). Batch 8: for the same
-    # images seen, 4x the steps of batch 32 gave +0.75 dB PSNR (README, "Presets"). The GAN's
-    # whole-image steps cost ~6 pre-GAN steps, so it gets the last 5% of the steps (~1/4 of the time).
+    # images seen, 4x the steps of batch 32 gave +0.75 dB PSNR (README, "Presets"). A GAN step
+    # renders 4 whole images twice (canonical, novel) for ~3 pre-GAN steps; the GAN gets the last
+    # 5% of the steps (1/6 of the time; at GAN batch 8 it took 28% and moved PSNR < 0.05 dB).
     cfg.render.train_rays = 256
     # 9,200 steps are the schedule's shape; with --max-minutes the run fits it to the time
     # (train.fit_to_time). The loader runs in the training process: on 2 cores, loader workers

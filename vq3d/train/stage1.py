@@ -298,8 +298,9 @@ def _gan_step_cost(cfg: Config) -> float:
     """How many pre-GAN steps one GAN step costs, from the rays each renders: whole canonical and
     novel images of the GAN batch against the ray subsets of the whole batch (the renderer is the
     cost of a step). It errs high, so a fitted run's first plan errs short: measured on 2 CPU
-    cores, 1.45x where this gives 2 (batch 32, GAN batch 8) and 5.8x where it gives 8 (batch 8,
-    GAN batch 8); the refit after 50 timed GAN steps replaces it."""
+    cores, 1.45x where this gives 2 (batch 32, GAN batch 8), 5.8x where it gives 8 (batch 8, GAN
+    batch 8) and 2.9x where it gives 4 (batch 8, GAN batch 4); the refit after 50 timed GAN steps
+    replaces it."""
     t, res = cfg.train, cfg.data.resolution
     rays = cfg.render.train_rays if 0 < cfg.render.train_rays < res * res else res * res
     gan_images = t.gan_batch_size or t.batch_size
