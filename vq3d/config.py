@@ -220,7 +220,7 @@ def demo() -> Config:
     cfg.data.resolution = 32
     # 4,096 codes: 64 tokens of 12 bits instead of 8 cost nothing per step and gave +0.5 dB PSNR
     # at 1,500 steps (16,384: +0.1 more; 32-d codes: worse; README, "Presets"). 64x64 planes
-    # raised PSNR by 0.5 dB in 20 minutes but not novel-view PSNR, and worsened depth accuracy.
+    # raised PSNR by 0.4 dB in 20 minutes but not novel-view PSNR, and worsened depth accuracy.
     cfg.model = ModelConfig(
         patch_size=4, enc_layers=3, enc_width=128, enc_heads=4, enc_mlp=256,
         dec_layers=3, dec_width=128, dec_heads=4, dec_mlp=256,
