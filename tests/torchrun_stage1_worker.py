@@ -9,10 +9,12 @@ import sys
 import torch
 from safetensors.torch import save_file
 
+from torchrun_launch import dump_stacks_if_hung
 from vq3d.config import load_config
 from vq3d.train import stage1
 
 data, run, record = sys.argv[1], sys.argv[2], sys.argv[3]
+dump_stacks_if_hung()
 torch.set_num_threads(1)
 seen: list[int] = []
 trainers: list[stage1.Stage1Trainer] = []
