@@ -72,6 +72,30 @@ def test_triplane_sphere_renders_at_the_analytic_depth_from_two_cameras(offset):
     assert (rgb[miss] - 1.0).abs().max() < 0.01  # white background
 
 
+def test_scene_scale_shrinks_the_world_that_the_planes_cover():
+    # the planes hold |c|^2 of contracted points c, so with c = 2 x the sphere |c| = RADIUS is
+    # the world sphere of radius RADIUS / 2 -- in the render and in `density` alike
+    scale = 2.0
+    cfg = _cfg(scene_scale=scale)
+    renderer = Renderer(cfg, feature_dim=1)
+    _set_density_mlps(renderer, sharpness=20000.0, offset=20000.0 * RADIUS**2)
+    cams = canonical_cameras(1, cfg.camera_distance, cfg.fov_deg)
+    with torch.no_grad():
+        out = renderer.render_cameras(_sphere_planes(), cams, 12, 12)
+        inside = renderer.density(_sphere_planes(), torch.tensor([[[0.0, 0.0, 0.8 * RADIUS / scale]]]))
+        outside = renderer.density(_sphere_planes(), torch.tensor([[[0.0, 0.0, 1.2 * RADIUS / scale]]]))
+    origins, dirs = cams.rays(12, 12)
+    t_hit, closest = _ray_sphere(origins[0], dirs[0], RADIUS / scale)
+    hit, miss = closest < RADIUS / scale - 0.03, closest > RADIUS / scale + 0.03
+    assert hit.sum() > 4 and miss.sum() > 20
+    assert (out.depth[0, 0][hit] - t_hit[hit]).abs().max() < 0.03
+    assert out.opacity[0, 0][hit].min() > 0.99 and out.opacity[0, 0][miss].max() < 0.01
+    assert inside.item() > 100 and outside.item() < 1e-3
+    for bad in (0.0, -1.0, math.inf):
+        with pytest.raises(ValueError, match="scene_scale"):
+            Renderer(replace(cfg, scene_scale=bad), feature_dim=1)
+
+
 def test_thin_dense_shell_puts_the_expected_depth_on_the_shell():
     shell, half_width = 0.6, 0.04
 

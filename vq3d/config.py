@@ -63,6 +63,10 @@ class RenderConfig:
     mlp_layers: int = 2
     plane_reduce: Literal["sum", "mean"] = "sum"  # how the three plane features combine
     contraction: Literal["l2", "linf"] = "l2"  # Mip-NeRF 360 uses the L2 norm
+    # World points are multiplied by this before the contraction: above 1 the region around the
+    # origin (the object, in front of the canonical camera) gets more of the planes' texels and
+    # the background fewer. 1 keeps the world's units (paper).
+    scene_scale: float = 1.0
     background: Literal["none", "black", "white"] = "none"  # colour behind the last sample
     stratified: bool = True  # jitter samples in training (evaluation always uses fixed spacing)
     proposal_anneal_steps: int = 1000  # Mip-NeRF 360 weight annealing of the proposal histogram

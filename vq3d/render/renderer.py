@@ -138,6 +138,8 @@ class Renderer(nn.Module):
         if cfg.nerf_samples < 1 or any(n < 1 for n in cfg.proposal_samples):
             raise ValueError("render.nerf_samples and render.proposal_samples must be >= 1")
         background_rgb(cfg.background, torch.float32, torch.device("cpu"))  # validates
+        if not (math.isfinite(cfg.scene_scale) and cfg.scene_scale > 0):
+            raise ValueError(f"render.scene_scale must be a positive number, got {cfg.scene_scale}")
         self.cfg = cfg
         self.feature_dim = feature_dim
         recompute = cfg.recompute and not cfg.checkpoint_chunks
@@ -244,7 +246,7 @@ class Renderer(nn.Module):
     def density(self, features: FeatureSource, points: Tensor) -> Tensor:
         """NeRF-MLP density at world points (B, M, 3) -> (B, M) (meshes, probes)."""
         source = _Features(features, self.cfg.plane_reduce)
-        coords = contract(points, self.cfg.contraction)
+        coords = contract(points * self.cfg.scene_scale, self.cfg.contraction)
         density, _ = source.field(self.nerf_mlp, coords, grad=False, keep_table=False)
         return density.reshape(points.shape[:2])
 
@@ -280,7 +282,7 @@ class Renderer(nn.Module):
                 t_mid = 1.0 / disp_mid
                 deltas = interval_lengths(1.0 / s_to_disparity(edges, cfg.near, cfg.far))
                 points = origins.unsqueeze(2) + dirs.unsqueeze(2) * t_mid.unsqueeze(-1)  # (B, n, S, 3)
-                coords = contract(points, cfg.contraction).reshape(batch, n * num, 3)
+                coords = contract(points * cfg.scene_scale, cfg.contraction).reshape(batch, n * num, 3)
             mlp = self.nerf_mlp if is_nerf else self.proposal_mlp
             density, rgb = source.field(mlp, coords, is_nerf or cfg.proposal_feature_grad, keep_table)
             weights = alpha_weights(density.view(batch, n, num), deltas, opaque_last)
