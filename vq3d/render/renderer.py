@@ -242,11 +242,17 @@ class Renderer(nn.Module):
         out.depth, out.disparity, out.opacity = image(out.depth), image(out.disparity), image(out.opacity)
         return out
 
+    def plane_coords(self, points: Tensor) -> Tensor:
+        """World points (..., 3) -> the planes' coordinates (..., 3): scaled by
+        `render.scene_scale`, then contracted into radius 2."""
+        scale = self.cfg.scene_scale
+        return contract(points * scale if scale != 1.0 else points, self.cfg.contraction)
+
     @torch.no_grad()
     def density(self, features: FeatureSource, points: Tensor) -> Tensor:
         """NeRF-MLP density at world points (B, M, 3) -> (B, M) (meshes, probes)."""
         source = _Features(features, self.cfg.plane_reduce)
-        coords = contract(points * self.cfg.scene_scale, self.cfg.contraction)
+        coords = self.plane_coords(points)
         density, _ = source.field(self.nerf_mlp, coords, grad=False, keep_table=False)
         return density.reshape(points.shape[:2])
 
@@ -282,7 +288,7 @@ class Renderer(nn.Module):
                 t_mid = 1.0 / disp_mid
                 deltas = interval_lengths(1.0 / s_to_disparity(edges, cfg.near, cfg.far))
                 points = origins.unsqueeze(2) + dirs.unsqueeze(2) * t_mid.unsqueeze(-1)  # (B, n, S, 3)
-                coords = contract(points * cfg.scene_scale, cfg.contraction).reshape(batch, n * num, 3)
+                coords = self.plane_coords(points).reshape(batch, n * num, 3)
             mlp = self.nerf_mlp if is_nerf else self.proposal_mlp
             density, rgb = source.field(mlp, coords, is_nerf or cfg.proposal_feature_grad, keep_table)
             weights = alpha_weights(density.view(batch, n, num), deltas, opaque_last)
