@@ -3,8 +3,9 @@
 The reference (`ReferenceRenderer`) is the same algorithm written in the straightforward style
 of EG3D's importance renderer: at every level one `grid_sample` over the three stacked planes,
 the MLP applied to every sample with every intermediate kept for autograd (proposal levels
-included, with their graph into the planes), cumprod compositing. It shares the samplers and
-the MLP weights with `Renderer`, and both draw the same jitter, so both render the same image
+included, with their graph into the planes), cumprod compositing. It shares the samplers, the
+mapping of world points to plane coordinates (`Renderer.plane_coords`) and the MLP weights
+with `Renderer`, and both draw the same jitter, so both render the same image
 (the max abs difference is reported).
 
 Timings: rays per second of an inference forward (no grad, `train=False`) and of a training
@@ -35,7 +36,6 @@ from torch import Tensor
 from vq3d.config import RenderConfig, demo, paper, tiny
 from vq3d.losses.nerf import distortion_loss, interlevel_loss
 from vq3d.render.cameras import sample_novel_cameras
-from vq3d.render.contraction import contract
 from vq3d.render.fields import FieldMLP
 from vq3d.render.renderer import Renderer, RenderOutput
 from vq3d.render.samplers import (
@@ -111,7 +111,7 @@ class ReferenceRenderer:
             t_mid = 1.0 / disp
             t_edges = 1.0 / s_to_disparity(edges, cfg.near, cfg.far)
             points = origins.unsqueeze(2) + dirs.unsqueeze(2) * t_mid.unsqueeze(-1)
-            coords = contract(points, cfg.contraction).reshape(b, n * num, 3)
+            coords = rend.plane_coords(points).reshape(b, n * num, 3)
             feats = self._sample_planes(planes, coords)
             density, rgb = self._mlp(rend.nerf_mlp if is_nerf else rend.proposal_mlp, feats)
             weights = self._weights(density.view(b, n, num), t_edges)
