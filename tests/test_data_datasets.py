@@ -234,8 +234,9 @@ def test_synthetic_folder_dispatches_to_the_synthetic_dataset(tmp_path, monkeypa
     created = []
 
     class FakeSynthetic:
-        def __init__(self, root, split="train", novel_views=True):
+        def __init__(self, root, split="train", novel_views=True, cache_mb=0.0):
             created.append((str(root), split, novel_views))
+            self.cache_mb = cache_mb
 
     module = types.ModuleType("vq3d.data.synthetic_dataset")
     module.SyntheticDataset = FakeSynthetic
@@ -248,8 +249,10 @@ def test_synthetic_folder_dispatches_to_the_synthetic_dataset(tmp_path, monkeypa
     assert isinstance(dataset, FakeSynthetic) and created == [(str(root), "test", True)]
     build_dataset(data_cfg(root), split="val")  # the synthetic splits are train and test
     assert created[-1] == (str(root), "test", True)
-    build_dataset(data_cfg(root), split="train", novel_views=False)  # what training asks for
-    assert created[-1] == (str(root), "train", False)
+    cfg = data_cfg(root)
+    cfg.cache_mb = 12.0
+    dataset = build_dataset(cfg, split="train", novel_views=False)  # what training asks for
+    assert created[-1] == (str(root), "train", False) and dataset.cache_mb == 12.0
 
 
 def test_split_folders_are_used_when_present(tmp_path):

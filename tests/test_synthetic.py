@@ -18,6 +18,7 @@ from vq3d.data.raycast import SHAPES
 from vq3d.data.synthetic import render_scene, sample_scene, scene_rays
 from vq3d.data.synthetic_dataset import SyntheticDataset
 from vq3d.data.synthetic_writer import generate_dataset
+from vq3d.errors import UserError
 from vq3d.render.cameras import Cameras, focal_length
 
 RES = 24
@@ -334,6 +335,32 @@ def test_dataset_reader_shapes_ranges_splits_and_values(tmp_path):
                                                                          "novel_c2w"} == set(item)
     torch.testing.assert_close(lean["image"], item["image"])
     torch.testing.assert_close(lean["disparity"], item["disparity"])
+
+
+def test_the_in_memory_cache_serves_the_same_items_without_rereading_files(tmp_path):
+    generate_dataset(tmp_path, 6, 16, views=2, seed=1, progress=False)
+    plain = SyntheticDataset(tmp_path)
+    cached = SyntheticDataset(tmp_path, cache_mb=1.0)
+    first = [cached[i] for i in range(len(cached))]
+    for i, item in enumerate(first):
+        reference = plain[i]
+        assert set(item) == set(reference)
+        for key, value in reference.items():
+            if torch.is_tensor(value):
+                torch.testing.assert_close(item[key], value, rtol=0, atol=0)
+            else:
+                assert item[key] == value
+    # a second read comes from memory: the files may be gone
+    for path in tmp_path.rglob("*.png"):
+        path.unlink()
+    again = cached[2]
+    torch.testing.assert_close(again["novel_images"], first[2]["novel_images"], rtol=0, atol=0)
+    again.pop("image")  # callers get their own dict: the cached item keeps its keys
+    assert "image" in cached[2]
+    # a split that does not fit the budget is not cached and reads the files (now missing)
+    small = SyntheticDataset(tmp_path, cache_mb=6 * cached.item_bytes() / 2**20 * 0.9)
+    with pytest.raises(UserError, match="missing"):
+        small[2]
 
 
 def test_cli_writes_card_and_contact_sheet(tmp_path, capsys):

@@ -126,6 +126,9 @@ class DataConfig:
     skip_missing_depth: bool = False  # train on images whose cached depth is missing (else error)
     hflip: bool = False  # random horizontal flips
     num_workers: int = 2
+    # Synthetic data: keep decoded items in memory when the split fits in this many MB (per
+    # loader worker; 0 = decode every read). Other datasets are always read from disk.
+    cache_mb: float = 1024.0
     shuffle_buffer: int = 1000  # WebDataset shuffle buffer
     depth_in_shards: bool = False  # WebDataset: read disparity from KEY.disp.png members
     verify_images: bool = True  # header-check every file when the dataset is built

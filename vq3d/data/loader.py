@@ -115,7 +115,7 @@ def build_dataset(data: DataConfig, split: str = "train", *, train: bool | None 
             raise UserError(f"synthetic dataset {data.path} does not exist: run `vq3d synth`")
         # its splits are "train" and "test": a validation split reads the test scenes
         return SyntheticDataset(data.path, split="test" if split in ("val", "valid") else split,
-                                novel_views=novel_views)
+                                novel_views=novel_views, cache_mb=data.cache_mb)
     has_depth = bool(data.depth_cache) or (kind == "webdataset" and data.depth_in_shards)
     if require_depth and not has_depth:
         raise UserError(f"the depth loss needs pseudo-GT depth for {data.path}: run `vq3d depth "
