@@ -224,7 +224,9 @@ def _mlp_backward(mlp: FieldMLP, x: Tensor, params: list[Tensor], need_x: bool, 
             grad_p[2 * i + 1] += g.sum(0)
         if i == 0 and not need_x:
             return None
-        g = g @ params[2 * i]  # d/d(input of layer i)
+        # d/d(input of layer i); for a one-output head (density) a broadcast product: the same
+        # values, 2x faster on CPU than a K=1 matmul
+        g = g * params[2 * i] if g.shape[1] == 1 else g @ params[2 * i]
         if i > 0:
             g.mul_(slopes[i - 1])  # through the softplus of hidden layer i
     return g
