@@ -7,6 +7,7 @@ import csv
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -223,3 +224,30 @@ def test_missing_runs_and_data_without_ground_truth_are_user_errors(runs, tmp_pa
         from vq3d.eval.train_features import train_features
 
         train_features(images, tmp_path / "feat", **QUIET)
+
+
+def test_eval_stage1_panel_shows_each_scene_against_its_truth(runs, tmp_path, capsys) -> None:
+    from vq3d.data.synthetic_dataset import SyntheticDataset
+    from vq3d.utils.images import to_uint8, to_unit
+
+    panel = tmp_path / "panel.png"
+    # batch size 1: the rows are gathered across batches; 3 rows asked, the split has 2 scenes
+    assert main(["eval", "stage1", "--run", str(runs["s1"]), "--data", str(runs["data"]), "--json",
+                 "--panel", str(panel), "--panel-rows", "3", "--batch-size", "1"]) == 0
+    assert "psnr" in json.loads(capsys.readouterr().out)
+    picture = Image.open(panel)
+    tile, gap, header, cols = 96, 4, 14, 4 + 3 * 2  # 16 px tiles enlarged 6x; 2 novel views
+    assert picture.size == (cols * (tile + gap) + gap, header + 2 * (tile + gap) + gap)
+    pixels = torch.from_numpy(np.array(picture.convert("RGB"))).permute(2, 0, 1)
+    scenes = SyntheticDataset(runs["data"], split="test")
+    for row in range(2):
+        item = scenes[row]
+        y = header + gap + row * (tile + gap)
+        for col, truth in ((0, item["image"]), (4, item["novel_images"][0]), (7, item["novel_images"][1])):
+            x = gap + col * (tile + gap)
+            shown = pixels[:, y:y + tile:6, x:x + tile:6]  # one pixel of each enlarged texel
+            expected = torch.from_numpy(to_uint8(to_unit(truth))).permute(2, 0, 1)
+            assert torch.equal(shown, expected), (row, col)
+    assert main(["eval", "stage1", "--run", str(runs["s1"]), "--data", str(runs["data"]),
+                 "--panel", str(panel), "--panel-rows", "0"]) == 2
+    assert "--panel-rows" in capsys.readouterr().err

@@ -93,6 +93,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     s1.add_argument("--no-ema", action="store_true", help="use the raw weights even when EMA weights exist")
     s1.add_argument("--lpips-vgg", help="VGG16 weights for LPIPS (default: the run's loss.lpips_vgg_path)")
     s1.add_argument("--lpips-lin", help="LPIPS vgg.pth linear weights (default: the run's loss.lpips_lin_path)")
+    s1.add_argument("--panel", help="also write a PNG of the first scenes: input, reconstruction, depth "
+                    "and two novel views against the truth")
+    s1.add_argument("--panel-rows", type=int, default=6, help="scenes in the --panel picture")
     _common(s1)
     s1.set_defaults(func=_stage1)
 
@@ -147,7 +150,10 @@ def _stage1(args: argparse.Namespace) -> int:
 
     metrics = evaluate_stage1(args.run, args.data, split=args.split, max_scenes=args.max_scenes,
                               batch_size=args.batch_size, device=args.device, use_ema=not args.no_ema,
-                              lpips_vgg=args.lpips_vgg, lpips_lin=args.lpips_lin)
+                              lpips_vgg=args.lpips_vgg, lpips_lin=args.lpips_lin,
+                              panel=args.panel, panel_rows=args.panel_rows)
+    if args.panel:
+        print(f"panel written to {args.panel}", file=sys.stderr)
     print_result(metrics, args.json)
     return 0
 

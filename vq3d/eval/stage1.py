@@ -13,6 +13,9 @@ Reported (one JSON object):
   exact geometry without inpainting would get; `vq3d.eval.warp`);
 - disparity_scale: mean s* of Eq. 1 against the per-image normalized ground-truth disparity;
 - codebook_usage: fraction of codes used over the evaluated scenes.
+
+With `panel`, a picture of the first scenes against their ground truth is written as well
+(`vq3d.eval.panel`).
 """
 
 from __future__ import annotations
@@ -35,11 +38,16 @@ from vq3d.train.runs import load_stage1
 @torch.no_grad()
 def evaluate_stage1(run_dir: str | Path, data_path: str | Path, split: str = "test", max_scenes: int = 0,
                     batch_size: int = 16, device: str = "cpu", use_ema: bool = True,
-                    lpips_vgg: str | None = None, lpips_lin: str | None = None) -> dict[str, Any]:
+                    lpips_vgg: str | None = None, lpips_lin: str | None = None,
+                    panel: str | Path | None = None, panel_rows: int = 6) -> dict[str, Any]:
     """Metrics of the run's Stage-1 model on a synthetic dataset's `split` (see module docstring).
 
     LPIPS weights: `lpips_vgg` / `lpips_lin`, else the run's loss.lpips_vgg_path / lpips_lin_path.
+    `panel`: also write a PNG of the first `panel_rows` scenes (input, reconstruction, depth and
+    two novel views against the truth).
     """
+    from vq3d.eval.panel import PanelRows
+
     from vq3d.data.loader import is_synthetic_root
     from vq3d.data.synthetic_dataset import SyntheticDataset
     from vq3d.eval.common import load_lpips
@@ -63,6 +71,9 @@ def evaluate_stage1(run_dir: str | Path, data_path: str | Path, split: str = "te
         reason = f"SSIM's 11x11 window needs images of at least 11 px (these are {res})"
         skipped.update({"ssim": reason, "novel_view_ssim": reason})
     lpips = lpips.to(device) if lpips is not None else None
+    if panel is not None and panel_rows < 1:
+        raise UserError(f"--panel-rows {panel_rows}: need at least one row")
+    rows = PanelRows(panel_rows) if panel is not None else None
 
     def add(name: str, values: torch.Tensor) -> None:
         sums[name] = sums.get(name, 0.0) + float(values.double().sum())
@@ -87,8 +98,11 @@ def evaluate_stage1(run_dir: str | Path, data_path: str | Path, split: str = "te
         s, _ = solve_scale_shift(canon.weights, canon.sample_disparity, target)
         add("disparity_scale", s)
         novel_images, novel_c2w = batch["novel_images"].to(device), batch["novel_c2w"].to(device)
+        shown = [] if rows is not None and not rows.full else None  # novel renders for the panel
         for k in range(novel_images.shape[1]):
             novel = model.render(scene, Cameras(novel_c2w[:, k], cfg.render.fov_deg))
+            if shown is not None and k < rows.novel_views:
+                shown.append(novel)
             add("novel_view_psnr", psnr(novel.rgb, novel_images[:, k], reduction="none"))
             if res >= 11:
                 add("novel_view_ssim", ssim(novel.rgb, novel_images[:, k], reduction="none"))
@@ -100,6 +114,11 @@ def evaluate_stage1(run_dir: str | Path, data_path: str | Path, split: str = "te
             add("warp_baseline_psnr", psnr(warped, novel_images[:, k], reduction="none"))
             add("novel_depth_accuracy",
                 depth_accuracy(novel.depth, batch["novel_depths"][:, k].to(device), reduction="none"))
+        if shown is not None:
+            rows.add(images, canon.rgb, canon.depth, gt_depth, novel_images,
+                     [n.rgb for n in shown], [n.depth for n in shown])
+    if rows is not None:
+        rows.save(panel)
     metrics = {name: sums[name] / counts[name] for name in sums if counts[name]}
     metrics["codebook_usage"] = float(used.float().mean())
     metrics["scenes"] = len(dataset)
