@@ -46,11 +46,13 @@ def evaluate_stage1(run_dir: str | Path, data_path: str | Path, split: str = "te
     `panel`: also write a PNG of the first `panel_rows` scenes (input, reconstruction, depth and
     two novel views against the truth).
     """
-    from vq3d.eval.panel import PanelRows
-
     from vq3d.data.loader import is_synthetic_root
     from vq3d.data.synthetic_dataset import SyntheticDataset
     from vq3d.eval.common import load_lpips
+    from vq3d.eval.panel import PanelRows
+
+    if panel is not None and panel_rows < 1:
+        raise UserError(f"--panel-rows {panel_rows}: need at least one row")
 
     if not is_synthetic_root(data_path):
         raise UserError(f"{data_path} is not a synthetic dataset: `eval stage1` needs ground-truth "
@@ -71,8 +73,6 @@ def evaluate_stage1(run_dir: str | Path, data_path: str | Path, split: str = "te
         reason = f"SSIM's 11x11 window needs images of at least 11 px (these are {res})"
         skipped.update({"ssim": reason, "novel_view_ssim": reason})
     lpips = lpips.to(device) if lpips is not None else None
-    if panel is not None and panel_rows < 1:
-        raise UserError(f"--panel-rows {panel_rows}: need at least one row")
     rows = PanelRows(panel_rows) if panel is not None else None
 
     def add(name: str, values: torch.Tensor) -> None:
