@@ -215,9 +215,9 @@ def test_memory_saving_paths_give_the_same_image_and_gradients(variant):
 
 @pytest.mark.parametrize("proposal_feature_grad", [False, True])
 def test_interlevel_loss_reaches_the_planes_only_when_asked(proposal_feature_grad):
-    # seeded: with random planes, 4x4 rays and the tiny preset's 8 + 8 samples, about 1 draw in
-    # 15 gave an interlevel loss of exactly 0 (every NeRF weight under its proposal bound)
-    torch.manual_seed(0)
+    # seeded (tests/conftest.py): with random planes, 4x4 rays and the tiny preset's 8 + 8
+    # samples, about 1 draw in 15 gave an interlevel loss of exactly 0 (every NeRF weight under
+    # its proposal bound)
     cfg = replace(tiny().render, proposal_feature_grad=proposal_feature_grad)
     renderer = Renderer(cfg, feature_dim=3)
     planes = torch.randn(1, 3, 3, 8, 8, requires_grad=True)

@@ -25,7 +25,6 @@ class PanelRows:
     def __init__(self, rows: int, novel_views: int = 2) -> None:
         self.rows, self.novel_views = rows, novel_views
         self.columns: list[list[Tensor]] = []  # per scene: tiles (3, H, W) in [0, 1]
-        self.names: list[str] = []
 
     @property
     def full(self) -> bool:
@@ -37,9 +36,6 @@ class PanelRows:
         novel_truth (B, K, 3, H, W); per rendered novel view v: novel_rgb[v] (B, 3, H, W) and
         novel_depth[v] (B, 1, H, W)."""
         k = min(self.novel_views, len(novel_rgb))
-        self.names = ["input", "reconstruction", "depth", "true depth"]
-        for v in range(k):
-            self.names += [f"view {v + 1}: truth", "render", "depth"]
         for i in range(min(images.shape[0], self.rows - len(self.columns))):
             true_disp = 1.0 / true_depth[i:i + 1].float().cpu()
             lo, hi = float(true_disp.min()), float(true_disp.max())
@@ -61,10 +57,13 @@ class PanelRows:
         res = self.columns[0][0].shape[-1]
         size = res * max(1, math.ceil(tile / res))
         cols = len(self.columns[0])
+        names = ["input", "reconstruction", "depth", "true depth"]
+        for v in range((cols - len(names)) // 3):  # three tiles per novel view
+            names += [f"view {v + 1}: truth", "render", "depth"]
         sheet = Image.new("RGB", (cols * (size + gap) + gap, header + len(self.columns) * (size + gap) + gap),
                           "white")
         draw = ImageDraw.Draw(sheet)
-        for c, name in enumerate(self.names):
+        for c, name in enumerate(names):
             draw.text((gap + c * (size + gap) + 2, 1), name, fill="black")
         for r, row in enumerate(self.columns):
             for c, t in enumerate(row):
