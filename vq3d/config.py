@@ -77,7 +77,15 @@ class RenderConfig:
     recompute: bool = True  # recompute MLP activations (and features, see below) in backward
     feature_cache_mb: float = 256.0  # save sample features for backward if they fit (else recompute)
     checkpoint_chunks: bool = False  # training: render chunk_rays at a time, recompute in backward
-    chunk_rays: int = 8192  # rays per chunk when rendering in bounded memory
+    chunk_rays: int = 0  # rays per chunk when rendering in bounded memory (0: from chunk_mb)
+    # Memory (MB) that one chunk's temporaries may take in the renderer (points of the lookup +
+    # MLP, rays of resampling and of inference renders). 0 = auto: a quarter of the free memory
+    # on CUDA (a paper-size training render is then one chunk per level: few, large kernels),
+    # 32 MB on CPU (cache-sized chunks; vq3d.render.execution).
+    chunk_mb: float = 0.0
+    # How the triplanes' gradient is summed: "index_add" (atomic adds: fast on GPU), "segment"
+    # (sort by texel, one add per texel: fast on CPU), "auto" (by device).
+    scatter: Literal["auto", "segment", "index_add"] = "auto"
     # Rays rendered per image in training steps that need no whole image (no GAN, no perceptual
     # loss yet): a random subset of the canonical pixels, so the encoder and decoder see more
     # images for the same rendering cost. 0 = every pixel.

@@ -92,7 +92,7 @@ class ReferenceRenderer:
         counts = rend.samples_per_level
         anneal = anneal_power(step, cfg.proposal_anneal_steps, cfg.proposal_anneal_slope) if train else 1.0
         jitter = train and cfg.stratified
-        us = [stratified_u((b, n), k, jitter, generator, dtype=origins.dtype) for k in counts]
+        us = [stratified_u((b, n), k, jitter, generator, device=origins.device) for k in counts]
         prop_w, prop_e = [], []
         edges = weights = None
         for level, num in enumerate(counts):

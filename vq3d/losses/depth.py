@@ -10,6 +10,9 @@ disparity. Eq. 1 solves the weighted least squares
 in closed form from the 2x2 normal equations, and Eq. 2 is the weighted residual at (s*, t*).
 Supervising every sample's weight (not the accumulated depth) makes the loss behave like a
 distortion loss that pulls the weight onto the pseudo-GT surface.
+
+The normal sums and the residual are fp32 under autocast too (the precision policy,
+`vq3d.precision`): sums over every pixel and sample lose too much in bf16.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from vq3d.precision import fp32
 
 
 def _normal_sums(weights: Tensor, sample_disparity: Tensor, target: Tensor) -> tuple[Tensor, ...]:
@@ -33,6 +38,7 @@ def _solve(a: Tensor, b: Tensor, c: Tensor, e: Tensor, f: Tensor, eps: float = 1
     return (c * e - b * f) / det, (a * f - b * e) / det
 
 
+@fp32
 def solve_scale_shift(weights: Tensor, sample_disparity: Tensor, target: Tensor,
                       eps: float = 1e-8) -> tuple[Tensor, Tensor]:
     """Closed-form s*, t* of Eq. 1 per image.
@@ -43,6 +49,7 @@ def solve_scale_shift(weights: Tensor, sample_disparity: Tensor, target: Tensor,
     return _solve(*_normal_sums(weights, sample_disparity, target), eps=eps)
 
 
+@fp32
 def depth_loss(weights: Tensor, sample_disparity: Tensor, target: Tensor,
                grad_through_st: bool = True, mask: Tensor | None = None,
                min_scale: float = 0.0) -> tuple[Tensor, Tensor, Tensor]:
@@ -80,6 +87,7 @@ def _weighted_residual(weights: Tensor, sample_disparity: Tensor, target: Tensor
     return per_image.mean()
 
 
+@fp32
 def metric_depth_loss(weights: Tensor, sample_disparity: Tensor, target: Tensor,
                       mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Eq. 2 with the scale and shift known (s = 1, t = 0), for targets in the renderer's own

@@ -10,6 +10,10 @@ beta * ||z - sg(e)||^2, the encoder's commitment (beta = `commitment`, 0.25). Ta
 
 Codes unused for `dead_code_steps` training steps are restarted from recent latents, so the
 codebook does not collapse.
+
+Precision and synchronisation: latents, codes, distances and the VQ loss are fp32 under
+autocast too (in bf16 near codes tie); usage counts, dead-code restarts and the usage window
+stay on the device with no host synchronisation (no `nonzero`, `bincount` or `.cpu()` per step).
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from vq3d.precision import full_precision
 
 
 @dataclass
@@ -56,17 +62,18 @@ class Quantizer(nn.Module):
         return F.embedding(ids, self.normalized_codebook())
 
     def forward(self, features: Tensor) -> QuantizerOutput:
-        """features (B, T, in_dim) -> QuantizerOutput."""
-        z = F.normalize(self.proj(features), dim=-1)  # (B, T, d)
-        codebook = self.normalized_codebook()  # (K, d)
-        with torch.no_grad():
-            ids = (z.detach().flatten(0, 1) @ codebook.t()).argmax(dim=-1).view(z.shape[:2])
-        e = F.embedding(ids, codebook)
-        codebook_loss = F.mse_loss(e, z.detach())
-        commitment_loss = F.mse_loss(z, e.detach())
+        """features (B, T, in_dim) -> QuantizerOutput (codes, latents and loss in fp32)."""
+        with full_precision():  # a tiny projection: in bf16 its rounding alone flips near codes
+            z = F.normalize(self.proj(features.float()), dim=-1)  # (B, T, d)
+            codebook = self.normalized_codebook()  # (K, d)
+            with torch.no_grad():
+                ids = (z.detach().flatten(0, 1) @ codebook.t()).argmax(dim=-1).view(z.shape[:2])
+            e = F.embedding(ids, codebook)
+            codebook_loss = F.mse_loss(e, z.detach())
+            commitment_loss = F.mse_loss(z, e.detach())
         loss = codebook_loss + self.commitment * commitment_loss
         codes = z + (e - z).detach()  # straight-through
-        counts = torch.bincount(ids.flatten(), minlength=self.codebook_size).float()
+        counts = code_counts(ids, self.codebook_size).float()
         probs = counts / counts.sum()
         perplexity = torch.exp(-(probs * torch.log(probs.clamp_min(1e-10))).sum())
         if self.training:
@@ -77,51 +84,62 @@ class Quantizer(nn.Module):
     def _update_usage(self, counts: Tensor) -> None:
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(counts)
-        self.steps_unused += 1
-        self.steps_unused[counts > 0] = 0
+        self.steps_unused.copy_(torch.where(counts > 0, 0, self.steps_unused + 1))  # no boolean indexing
 
     @torch.no_grad()
-    def restart_dead_codes(self, latents: Tensor, generator: torch.Generator | None = None) -> int:
+    def restart_dead_codes(self, latents: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """Replace codes unused for `dead_code_steps` steps by random recent latents (N, d).
 
-        Under DDP every rank must call this with its latents; rank 0's choice is broadcast so
-        the codebooks stay identical. Returns the number of codes restarted.
+        Every code draws a candidate (a random latent plus 1% noise, from `generator`, which
+        must live on the latents' device) and the dead ones take it, so nothing waits on the
+        host to learn how many are dead. Under DDP every rank must call this with its latents;
+        rank 0's candidates are broadcast so the codebooks stay identical. Returns the number
+        of codes restarted, a 0-d tensor on the device.
         """
-        dead = torch.nonzero(self.steps_unused >= self.dead_code_steps).flatten()
-        if dead.numel() == 0:
-            return 0
         latents = latents.detach().reshape(-1, latents.shape[-1])
-        pick = torch.randint(latents.shape[0], (dead.numel(),), generator=generator, device="cpu")
-        new = latents[pick.to(latents.device)] + 0.01 * torch.randn(
-            dead.numel(), latents.shape[-1], generator=generator).to(latents.device)
-        new = F.normalize(new, dim=-1).to(self.codebook.weight.dtype)
+        size, dim = self.codebook_size, latents.shape[-1]
+        dead = self.steps_unused >= self.dead_code_steps  # (K,)
+        pick = torch.randint(latents.shape[0], (size,), generator=generator, device=latents.device)
+        noise = torch.randn(size, dim, generator=generator, device=latents.device)
+        candidates = F.normalize(latents[pick].float() + 0.01 * noise, dim=-1).to(self.codebook.weight.dtype)
         if dist.is_available() and dist.is_initialized():
-            dist.broadcast(new, src=0)
-        self.codebook.weight[dead] = new
-        self.steps_unused[dead] = 0
-        return int(dead.numel())
+            dist.broadcast(candidates, src=0)
+        self.codebook.weight.copy_(torch.where(dead[:, None], candidates, self.codebook.weight))
+        self.steps_unused.masked_fill_(dead, 0)
+        return dead.sum()
+
+
+def code_counts(ids: Tensor, codebook_size: int) -> Tensor:
+    """How often each code occurs in `ids` (any shape) -> (K,) int64, on ids' device (a scatter:
+    `bincount` asks the host for the largest id on CUDA)."""
+    flat = ids.reshape(-1)
+    counts = torch.zeros(codebook_size, dtype=torch.long, device=ids.device)
+    return counts.scatter_add_(0, flat, torch.ones_like(flat))
 
 
 class CodebookUsage:
-    """Unique codes used over a sliding window of the most recent `window` ids (DESIGN.md)."""
+    """Unique codes used over a sliding window of the most recent `window` ids (DESIGN.md).
+
+    The window lives on the ids' device and `update` runs there without host synchronisation;
+    `fraction_used` reads it (call it when logging)."""
 
     def __init__(self, codebook_size: int, window: int = 65536) -> None:
         self.codebook_size = codebook_size
-        self.buffer = torch.full((window,), -1, dtype=torch.long)
+        self.window = window
+        self.buffer: Tensor | None = None  # (window,) ids, -1 where none yet; made on first update
         self.position = 0
 
     def update(self, ids: Tensor) -> None:
-        ids = ids.detach().flatten().cpu()[-self.buffer.numel():]
+        ids = ids.detach().flatten()[-self.window:]
+        if self.buffer is None or self.buffer.device != ids.device:
+            self.buffer = torch.full((self.window,), -1, dtype=torch.long, device=ids.device)
         n = ids.numel()
-        end = self.position + n
-        if end <= self.buffer.numel():
-            self.buffer[self.position:end] = ids
-        else:
-            split = self.buffer.numel() - self.position
-            self.buffer[self.position:] = ids[:split]
-            self.buffer[: n - split] = ids[split:]
-        self.position = end % self.buffer.numel()
+        slots = (self.position + torch.arange(n, device=ids.device)) % self.window
+        self.buffer.index_copy_(0, slots, ids.long())
+        self.position = (self.position + n) % self.window
 
     def fraction_used(self) -> float:
+        if self.buffer is None:
+            return 0.0
         seen = self.buffer[self.buffer >= 0]
         return float(torch.unique(seen).numel()) / self.codebook_size

@@ -119,7 +119,7 @@ class Stage1Model(nn.Module):
 
     def canonical_cameras(self, batch: int, device: torch.device | str = "cpu") -> Cameras:
         r = self.cfg.render
-        return canonical_cameras(batch, r.camera_distance, r.fov_deg).to(device)
+        return canonical_cameras(batch, r.camera_distance, r.fov_deg, device)
 
     def _check_images(self, images: Tensor) -> None:
         if images.dim() != 4 or images.shape[1] != 3 or images.shape[2:] != (self.resolution, self.resolution):

@@ -11,6 +11,8 @@ Conventions (see DESIGN.md):
 - Novel cameras move the canonical position uniformly inside a disc of radius
   `sampling_radius` in the plane tangent to the camera sphere, then re-aim at the origin
   (paper Sec. 3.2). Orbits for videos walk the rim of that disc.
+- Cameras and rays are fp32 under autocast too (the precision policy, `vq3d.precision`), and
+  are built on the device they are asked for (no host-to-device copies inside a step).
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+
+from vq3d.precision import GEOMETRY_DTYPE, fp32
 
 
 def focal_length(fov_deg: float, size: int) -> float:
@@ -44,7 +48,7 @@ def look_at(eye: Tensor, target: Tensor | None = None, up: tuple[float, float, f
         target = torch.zeros_like(eye)
     forward = target - eye
     forward = forward / forward.norm(dim=-1, keepdim=True)
-    up_vec = torch.tensor(up, dtype=eye.dtype, device=eye.device).expand_as(forward)
+    up_vec = torch.stack([torch.full_like(forward[:, 0], float(u)) for u in up], dim=-1)  # on eye's device
     right = torch.cross(forward, up_vec, dim=-1)
     right = right / right.norm(dim=-1, keepdim=True)
     true_up = torch.cross(right, forward, dim=-1)
@@ -92,17 +96,24 @@ class Cameras:
 
         Depth is the distance from the camera centre (the ray distance, see module docstring).
         """
-        w2c = torch.linalg.inv(self.c2w)
-        cam = points @ w2c[:, :3, :3].transpose(1, 2) + w2c[:, None, :3, 3]  # (B, N, 3)
-        f = focal_length(self.fov_deg, height)
-        z = -cam[..., 2]
-        u = cam[..., 0] / z * f + width / 2.0
-        v = -cam[..., 1] / z * f + height / 2.0
-        return torch.stack([u, v], dim=-1), cam.norm(dim=-1)
+        return _project(self.c2w, self.fov_deg, points, height, width)
 
 
+@fp32
+def _project(c2w: Tensor, fov_deg: float, points: Tensor, height: int, width: int) -> tuple[Tensor, Tensor]:
+    """`Cameras.project` in fp32."""
+    w2c = torch.linalg.inv(c2w)
+    cam = points @ w2c[:, :3, :3].transpose(1, 2) + w2c[:, None, :3, 3]  # (B, N, 3)
+    f = focal_length(fov_deg, height)
+    z = -cam[..., 2]
+    u = cam[..., 0] / z * f + width / 2.0
+    v = -cam[..., 1] / z * f + height / 2.0
+    return torch.stack([u, v], dim=-1), cam.norm(dim=-1)
+
+
+@fp32
 def camera_rays(c2w: Tensor, fov_deg: float, height: int, width: int) -> tuple[Tensor, Tensor]:
-    """Ray origins and unit directions (B, H, W, 3) for cameras `c2w` (B, 4, 4)."""
+    """Ray origins and unit directions (B, H, W, 3), fp32, for cameras `c2w` (B, 4, 4)."""
     f = focal_length(fov_deg, height)
     dtype, device = c2w.dtype, c2w.device
     u = (torch.arange(width, dtype=dtype, device=device) + 0.5 - width / 2.0) / f
@@ -115,16 +126,20 @@ def camera_rays(c2w: Tensor, fov_deg: float, height: int, width: int) -> tuple[T
     return origins, dirs
 
 
-def canonical_position(camera_distance: float, dtype: torch.dtype = torch.float32) -> Tensor:
+def canonical_position(camera_distance: float, dtype: torch.dtype = GEOMETRY_DTYPE,
+                       device: torch.device | str = "cpu") -> Tensor:
     """The canonical camera centre (3,): on the +z axis at `camera_distance`."""
     if camera_distance <= 0:
         raise ValueError(f"camera_distance must be positive, got {camera_distance}")
-    return torch.tensor([0.0, 0.0, camera_distance], dtype=dtype)
+    eye = torch.zeros(3, dtype=dtype, device=device)
+    eye[2] = camera_distance  # filled on the device: no host-to-device copy
+    return eye
 
 
-def canonical_cameras(batch: int, camera_distance: float, fov_deg: float) -> Cameras:
-    """`batch` copies of the canonical camera, looking at the origin."""
-    eye = canonical_position(camera_distance).expand(batch, 3).clone()
+def canonical_cameras(batch: int, camera_distance: float, fov_deg: float,
+                      device: torch.device | str = "cpu") -> Cameras:
+    """`batch` copies of the canonical camera, looking at the origin, built on `device`."""
+    eye = canonical_position(camera_distance, device=device).expand(batch, 3).clone()
     return Cameras(look_at(eye), fov_deg)
 
 
@@ -134,17 +149,19 @@ def disc_offsets_to_cameras(offsets: Tensor, camera_distance: float, fov_deg: fl
     The tangent plane at (0, 0, d) is spanned by the world x and y axes; each camera is
     re-aimed at the origin after the move.
     """
-    eye = canonical_position(camera_distance, offsets.dtype).to(offsets.device).expand(offsets.shape[0], 3).clone()
+    eye = canonical_position(camera_distance, offsets.dtype, offsets.device).expand(offsets.shape[0], 3).clone()
     eye[:, :2] = eye[:, :2] + offsets
     return Cameras(look_at(eye), fov_deg)
 
 
 def sample_disc(batch: int, radius: float, generator: torch.Generator | None = None) -> Tensor:
-    """Points (B, 2) uniform in area inside a disc of `radius` (r = R sqrt(u))."""
+    """Points (B, 2) uniform in area inside a disc of `radius` (r = R sqrt(u)), drawn on the
+    generator's device (the CPU without one)."""
     if radius < 0:
         raise ValueError(f"sampling_radius must be >= 0, got {radius}")
-    u = torch.rand(batch, generator=generator)
-    theta = 2.0 * math.pi * torch.rand(batch, generator=generator)
+    device = generator.device if generator is not None else "cpu"
+    u = torch.rand(batch, generator=generator, device=device)
+    theta = 2.0 * math.pi * torch.rand(batch, generator=generator, device=device)
     r = radius * torch.sqrt(u)
     return torch.stack([r * torch.cos(theta), r * torch.sin(theta)], dim=-1)
 
@@ -156,7 +173,8 @@ def sample_novel_cameras(
     sampling_radius: float,
     generator: torch.Generator | None = None,
 ) -> Cameras:
-    """Novel cameras uniform in the tangent disc of `sampling_radius` (paper Sec. 3.2)."""
+    """Novel cameras uniform in the tangent disc of `sampling_radius` (paper Sec. 3.2), on the
+    generator's device."""
     return disc_offsets_to_cameras(sample_disc(batch, sampling_radius, generator), camera_distance, fov_deg)
 
 

@@ -19,19 +19,23 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from vq3d.precision import fp32
+
 Background = Literal["none", "black", "white"]
 MAX_DELTA = 1e10  # stands in for an infinite last interval (far = inf)
 
 
+@fp32
 def interval_lengths(t_edges: Tensor) -> Tensor:
     """Lengths (..., S) of the intervals between edges (..., S+1); infinite ones -> 1e10."""
     return (t_edges[..., 1:] - t_edges[..., :-1]).clamp(0.0, MAX_DELTA)
 
 
+@fp32
 def alpha_weights(density: Tensor, deltas: Tensor, opaque_last: bool = False) -> Tensor:
-    """Compositing weights w_i = T_i alpha_i (..., S) from density and interval lengths (..., S).
-
-    Differentiable in `density` (not in `deltas`); saves only its inputs for backward.
+    """Compositing weights w_i = T_i alpha_i (..., S), fp32, from density and interval lengths
+    (..., S) (cast to fp32). Differentiable in `density` (not in `deltas`); saves only its inputs
+    for backward.
     """
     if torch.is_grad_enabled() and density.requires_grad:
         return _AlphaWeights.apply(density, deltas.detach(), opaque_last)
@@ -57,7 +61,6 @@ class _AlphaWeights(torch.autograd.Function):
     last interval is opaque)."""
 
     @staticmethod
-    @torch.amp.custom_fwd(device_type="cuda", cast_inputs=torch.float32)  # fp32 under autocast
     def forward(ctx, density: Tensor, deltas: Tensor, opaque_last: bool) -> Tensor:  # type: ignore[override]
         weights, _ = _alpha_weights(density, deltas, opaque_last)
         ctx.opaque_last = opaque_last
@@ -66,17 +69,18 @@ class _AlphaWeights(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    @torch.amp.custom_bwd(device_type="cuda")
     def backward(ctx, grad: Tensor):  # type: ignore[override]
         density, deltas = ctx.saved_tensors
+        grad = grad.float()
         weights, after = _alpha_weights(density, deltas, ctx.opaque_last)
         gw = grad * weights
         later = torch.flip(torch.cumsum(torch.flip(gw, [-1]), dim=-1), [-1]) - gw  # sum_{i>j} g_i w_i
         return deltas * (grad * after - later), None, None
 
 
+@fp32
 def composite(weights: Tensor, values: Tensor) -> Tensor:
-    """Weighted sum over samples: weights (..., S), values (..., S, K) -> (..., K)."""
+    """Weighted sum over samples, fp32: weights (..., S), values (..., S, K) -> (..., K)."""
     return (weights.unsqueeze(-1) * values).sum(-2)
 
 

@@ -14,6 +14,11 @@ floats of activation memory instead of ~C + 2 * hidden + 20, and temporaries sta
 chunk.
 With a feature callable (`FieldMLP.forward`) the features are saved and only the hidden
 activations recomputed (`_RecomputedMLP`).
+
+Precision (`vq3d.precision`): the MLP runs in the autocast dtype when autocast is on (on CPU
+or CUDA), else fp32, with its inputs and weights cast explicitly; weight gradients are
+accumulated in fp32; density and colour are returned in fp32 (they feed transmittance and
+compositing). Chunk sizes come from the render's `ExecutionPolicy`.
 """
 
 from __future__ import annotations
@@ -23,8 +28,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
+from vq3d.precision import compute_dtype, full_precision, upcast, wide
+from vq3d.render.execution import DEFAULT_POLICY, ExecutionPolicy, lookup_bytes_per_point
 from vq3d.render.triplane import (
-    POINT_CHUNK,
     PlaneReduce,
     corner_indices,
     gather_corners,
@@ -87,16 +93,29 @@ class FieldMLP(nn.Module):
     def _tracks_grad(self, *tensors: Tensor) -> bool:
         return torch.is_grad_enabled() and any(t.requires_grad for t in (*tensors, *self.params()))
 
-    def forward(self, features: Tensor) -> tuple[Tensor, Tensor | None]:
-        """features (..., C) -> density (...,) >= 0 and rgb (..., 3) in [0, 1] (None without colour)."""
+    def chunk_points(self, policy: ExecutionPolicy) -> int:
+        """Points per chunk of this MLP's fused lookup under `policy`."""
+        first = self.linears[0]
+        return policy.points_per_chunk(lookup_bytes_per_point(first.in_features, first.out_features,
+                                                              len(self.linears)))
+
+    def forward(self, features: Tensor,
+                policy: ExecutionPolicy = DEFAULT_POLICY) -> tuple[Tensor, Tensor | None]:
+        """features (..., C) -> density (...,) >= 0 and rgb (..., 3) in [0, 1] (None without
+        colour), both fp32; computed in the autocast dtype when autocast is on."""
+        dtype = compute_dtype(features.device, upcast(features).dtype)
         if self.recompute and self._tracks_grad(features):
-            return self._split(_RecomputedMLP.apply(self, features, *self.params()))
-        return self._split(self.raw(features))
+            out = _RecomputedMLP.apply(self, features, dtype, self.chunk_points(policy), *self.params())
+        else:
+            with full_precision():
+                out = upcast(self.raw(features.to(dtype), [p.to(dtype) for p in self.params()]))
+        return self._split(out)
 
     def from_triplanes(self, table: Tensor, coords: Tensor, reduce: PlaneReduce = "sum",
-                       keep_table: bool = True) -> tuple[Tensor, Tensor | None]:
-        """Density (B, M) and rgb (B, M, 3) of contracted points `coords` (B, M, 3) read from
-        `table` (B, 3, R, R, C).
+                       keep_table: bool = True,
+                       policy: ExecutionPolicy = DEFAULT_POLICY) -> tuple[Tensor, Tensor | None]:
+        """Density (B, M) and rgb (B, M, 3), fp32, of contracted points `coords` (B, M, 3) read
+        from `table` (B, 3, R, R, C).
 
         The same as `self(triplane_lookup(table, coords, reduce))`, differentiable in `table` and
         the MLP weights (not in `coords`), with the lean backward described in the module doc:
@@ -105,12 +124,13 @@ class FieldMLP(nn.Module):
         freed after forward -- whichever costs less memory.
         """
         if not (self.recompute and self._tracks_grad(table)):
-            return self(triplane_lookup(table, coords, reduce))
+            return self(triplane_lookup(table, coords, reduce, policy), policy)
         if coords.requires_grad:
             raise ValueError("from_triplanes does not differentiate the coordinates; detach them")
         scale = 1.0 / 3.0 if reduce == "mean" else 1.0
-        coords = coords.to(table.dtype)
-        return self._split(_TriplaneField.apply(self, table, coords, scale, not keep_table, *self.params()))
+        dtype = compute_dtype(table.device, upcast(table).dtype)
+        out = _TriplaneField.apply(self, table, upcast(coords), scale, not keep_table, dtype, policy, *self.params())
+        return self._split(out)
 
 
 def _chunks(n: int, size: int) -> list[slice]:
@@ -118,92 +138,102 @@ def _chunks(n: int, size: int) -> list[slice]:
 
 
 class _RecomputedMLP(torch.autograd.Function):
-    """`mlp.raw(x)` that saves only x and recomputes the hidden layers in backward, in chunks."""
+    """`mlp.raw(x)` in `dtype`, returned in fp32, that saves only x and recomputes the hidden
+    layers in backward, `chunk` rows at a time."""
 
     @staticmethod
-    @torch.amp.custom_fwd(device_type="cuda", cast_inputs=torch.float32)  # fp32 under autocast
-    def forward(ctx, mlp: FieldMLP, x: Tensor, *params: Tensor) -> Tensor:  # type: ignore[override]
+    def forward(ctx, mlp: FieldMLP, x: Tensor, dtype: torch.dtype, chunk: int,  # type: ignore[override]
+                *params: Tensor) -> Tensor:
         flat = x.reshape(-1, x.shape[-1])
-        chunks = _chunks(flat.shape[0], POINT_CHUNK)
-        out = torch.cat([mlp.raw(flat[sl], list(params)) for sl in chunks], dim=0)
-        ctx.mlp = mlp
+        with full_precision():
+            cast = [p.to(dtype) for p in params]
+            out = torch.cat([upcast(mlp.raw(flat[sl].to(dtype), cast)) for sl in _chunks(flat.shape[0], chunk)])
+        ctx.mlp, ctx.dtype, ctx.chunk = mlp, dtype, chunk
         ctx.save_for_backward(x, *params)
         return out.view(*x.shape[:-1], out.shape[-1])
 
     @staticmethod
     @once_differentiable
-    @torch.amp.custom_bwd(device_type="cuda")
     def backward(ctx, grad_out: Tensor):  # type: ignore[override]
         x, *params = ctx.saved_tensors
-        need_x, need_p = ctx.needs_input_grad[1], list(ctx.needs_input_grad[2:])
+        need_x, need_p = ctx.needs_input_grad[1], list(ctx.needs_input_grad[4:])
         flat = x.reshape(-1, x.shape[-1])
         grad_flat = grad_out.reshape(-1, grad_out.shape[-1])
         grad_x = torch.empty_like(flat) if need_x else None
-        grad_p = [torch.zeros_like(p) if need else None for p, need in zip(params, need_p)]
-        for sl in _chunks(flat.shape[0], POINT_CHUNK):
-            g_x = _mlp_backward(ctx.mlp, flat[sl], params, need_x, need_p, grad_flat[sl], grad_p)
-            if need_x:
-                grad_x[sl] = g_x
-        return (None, grad_x.view_as(x) if need_x else None, *grad_p)
+        grad_p = [torch.zeros_like(p, dtype=wide(p.dtype)) if need else None for p, need in zip(params, need_p)]
+        with full_precision():
+            cast = [p.to(ctx.dtype) for p in params]
+            for sl in _chunks(flat.shape[0], ctx.chunk):
+                g_x = _mlp_backward(ctx.mlp, flat[sl].to(ctx.dtype), cast, need_x, need_p, grad_flat[sl], grad_p)
+                if need_x:
+                    grad_x[sl] = g_x
+        grad_p = [g.to(p.dtype) if g is not None else None for g, p in zip(grad_p, params)]
+        return (None, grad_x.view_as(x) if need_x else None, None, None, *grad_p)
 
 
 class _TriplaneField(torch.autograd.Function):
-    """`mlp.raw(triplane_lookup(table, coords))`, saving (table, coords) for backward, or, with
-    `save_features`, (features, coords) so that the table can be freed after forward."""
+    """`mlp.raw(triplane_lookup(table, coords))` in `dtype` (returned in fp32), saving (table,
+    coords) for backward, or, with `save_features`, (features, coords) so that the table can be
+    freed after forward. The table's gradient is summed in fp32."""
 
     @staticmethod
-    @torch.amp.custom_fwd(device_type="cuda", cast_inputs=torch.float32)  # fp32 under autocast
     def forward(ctx, mlp: FieldMLP, table: Tensor, coords: Tensor, scale: float,  # type: ignore[override]
-                save_features: bool, *params: Tensor) -> Tensor:
+                save_features: bool, dtype: torch.dtype, policy: ExecutionPolicy, *params: Tensor) -> Tensor:
         batch, _, r, _, c = table.shape
         n = coords.shape[1]
         flat_table = table.reshape(-1, c)
-        out = None
+        chunk = mlp.chunk_points(policy)
+        out = coords.new_empty(batch, n, 1 + 3 * mlp.with_rgb, dtype=wide(dtype))
         feats = table.new_empty(batch, n, c) if save_features else None
-        for sl in point_chunks(batch, n):
-            row00, weights = corner_indices(coords[:, sl], r)
-            x = gather_corners(flat_table, row00, weights, r, scale)
-            part = mlp.raw(x, list(params)).view(batch, -1, 1 + 3 * mlp.with_rgb)
-            if out is None:
-                out = part.new_empty(batch, n, part.shape[-1])
-            out[:, sl] = part
-            if save_features:
-                feats[:, sl] = x.view(batch, -1, c)
-        ctx.mlp, ctx.scale, ctx.table_shape = mlp, scale, table.shape
+        with full_precision():
+            cast = [p.to(dtype) for p in params]
+            for sl in point_chunks(batch, n, chunk):
+                row00, weights = corner_indices(coords[:, sl], r)
+                x = gather_corners(flat_table, row00, weights, r, scale)
+                out[:, sl] = mlp.raw(x.to(dtype), cast).view(batch, -1, out.shape[-1])
+                if save_features:
+                    feats[:, sl] = x.view(batch, -1, c)
+        ctx.mlp, ctx.scale, ctx.table_shape, ctx.table_dtype = mlp, scale, table.shape, table.dtype
+        ctx.dtype, ctx.policy, ctx.chunk = dtype, policy, chunk
         ctx.save_for_backward(feats if save_features else table, coords, *params)
         ctx.save_features = save_features
         return out
 
     @staticmethod
     @once_differentiable
-    @torch.amp.custom_bwd(device_type="cuda")
     def backward(ctx, grad_out: Tensor):  # type: ignore[override]
         source, coords, *params = ctx.saved_tensors
-        need_table, need_p = ctx.needs_input_grad[1], list(ctx.needs_input_grad[5:])
+        need_table, need_p = ctx.needs_input_grad[1], list(ctx.needs_input_grad[7:])
         batch, _, r, _, c = ctx.table_shape
         n = coords.shape[1]
-        grad_table = grad_out.new_zeros(batch * 3 * r * r, c) if need_table else None
-        grad_p = [torch.zeros_like(p) if need else None for p, need in zip(params, need_p)]
-        for sl in point_chunks(batch, n):
-            if need_table or not ctx.save_features:
-                row00, weights = corner_indices(coords[:, sl], r)
-            if ctx.save_features:
-                x = source[:, sl].reshape(-1, c)
-            else:
-                x = gather_corners(source.reshape(-1, c), row00, weights, r, ctx.scale)
-            grad_chunk = grad_out[:, sl].reshape(x.shape[0], -1)
-            g_x = _mlp_backward(ctx.mlp, x, params, need_table, need_p, grad_chunk, grad_p)
-            if need_table:
-                scatter_corners(grad_table, row00, weights, g_x, r, ctx.scale)
-        return (None, grad_table.view(ctx.table_shape) if need_table else None, None, None, None, *grad_p)
+        grad_table = grad_out.new_zeros(batch * 3 * r * r, c, dtype=wide(ctx.table_dtype)) if need_table else None
+        grad_p = [torch.zeros_like(p, dtype=wide(p.dtype)) if need else None for p, need in zip(params, need_p)]
+        with full_precision():
+            cast = [p.to(ctx.dtype) for p in params]
+            for sl in point_chunks(batch, n, ctx.chunk):
+                if need_table or not ctx.save_features:
+                    row00, weights = corner_indices(coords[:, sl], r)
+                if ctx.save_features:
+                    x = source[:, sl].reshape(-1, c)
+                else:
+                    x = gather_corners(source.reshape(-1, c), row00, weights, r, ctx.scale)
+                grad_chunk = grad_out[:, sl].reshape(x.shape[0], -1)
+                g_x = _mlp_backward(ctx.mlp, x.to(ctx.dtype), cast, need_table, need_p, grad_chunk, grad_p)
+                if need_table:
+                    scatter_corners(grad_table, row00, weights, g_x, r, ctx.scale, ctx.policy.scatter, ctx.chunk)
+        if grad_table is not None:
+            grad_table = grad_table.view(ctx.table_shape).to(ctx.table_dtype)
+        grad_p = [g.to(p.dtype) if g is not None else None for g, p in zip(grad_p, params)]
+        return (None, grad_table, None, None, None, None, None, *grad_p)
 
 
 def _mlp_backward(mlp: FieldMLP, x: Tensor, params: list[Tensor], need_x: bool, need_p: list[bool],
                   grad_out: Tensor, grad_p: list[Tensor | None]) -> Tensor | None:
     """Recompute `mlp.raw(x)` for one chunk x (P, C) and backpropagate `grad_out` (P, 1 or 4) by
-    hand (softplus' = sigmoid); accumulates weight gradients into `grad_p`, returns d(loss)/dx
-    (None unless `need_x`)."""
+    hand (softplus' = sigmoid), in the dtype of x and `params`; accumulates weight gradients
+    into `grad_p` (fp32), returns d(loss)/dx in that dtype (None unless `need_x`)."""
     num = len(params) // 2
+    grad_out = grad_out.to(x.dtype)
     hidden = [x]  # inputs of each linear layer
     slopes = []  # softplus'(z) = sigmoid(z) of each hidden layer
     h = x
@@ -219,9 +249,9 @@ def _mlp_backward(mlp: FieldMLP, x: Tensor, params: list[Tensor], need_x: bool, 
         torch.mul(grad_out[:, 1:], rgb * (1.0 - rgb), out=g[:, 1:])
     for i in range(num - 1, -1, -1):
         if need_p[2 * i]:
-            grad_p[2 * i] += g.t() @ hidden[i]
+            grad_p[2 * i] += g.t() @ hidden[i]  # += casts a bf16 product into the fp32 sum
         if need_p[2 * i + 1]:
-            grad_p[2 * i + 1] += g.sum(0)
+            grad_p[2 * i + 1] += g.sum(0, dtype=grad_p[2 * i + 1].dtype)
         if i == 0 and not need_x:
             return None
         # d/d(input of layer i); for a one-output head (density) a broadcast product: the same

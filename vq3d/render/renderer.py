@@ -25,8 +25,16 @@ chunk by chunk in backward. When the features of all samples would exceed both
 `render.feature_cache_mb` and the planes' channel-last copy, it keeps the copy instead and
 recomputes the features too (a sample then costs ~10 floats, compositing included; see
 `fields.py`). The channel-last copy is free when the planes are channel-last in memory already.
-Inference (no grad) renders `render.chunk_rays` rays at a time; with `render.checkpoint_chunks`
-training does the same and recomputes each chunk in backward (activation memory of one chunk).
+Inference (no grad) renders `render.chunk_rays` rays at a time (0: as many as the chunk budget
+allows); with `render.checkpoint_chunks` training does the same and recomputes each chunk in
+backward (activation memory of one chunk).
+
+Execution and precision (docs/design.md). Chunks of points and rays are sized by one memory
+budget (`vq3d.render.execution`: `render.chunk_mb`, by default a quarter of a GPU's free memory
+or 32 MB on CPU), so on a GPU a training render is a few large kernels per level. Sampling
+jitter is drawn on the rays' device. Under autocast (CPU or CUDA) cameras, rays, sample edges,
+disparities, plane coordinates and compositing stay fp32; only the plane features and the
+field MLPs run in the autocast dtype (`vq3d.precision`).
 
 Choices beyond the paper: samples are intervals that partition [near, far] (first edge at s=0,
 last at s=1), each evaluated at its midpoint in s (disparity), so with far = inf the last
@@ -48,9 +56,11 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from vq3d.config import RenderConfig
+from vq3d.precision import upcast, wide
 from vq3d.render.cameras import Cameras
 from vq3d.render.compositing import alpha_weights, background_rgb, composite, interval_lengths
 from vq3d.render.contraction import contract
+from vq3d.render.execution import ExecutionPolicy, execution_policy, render_bytes_per_ray
 from vq3d.render.fields import FieldMLP
 from vq3d.render.samplers import (
     anneal_power,
@@ -105,25 +115,27 @@ class _Features:
             # bytes the channel-last copy adds (none when the planes were channel-last already)
             self.copy_bytes = 0 if self.table.data_ptr() == source.data_ptr() else (
                 self.table.numel() * self.table.element_size())
+            self.feature_size = self.table.element_size()  # bytes of one feature value
         elif callable(source):
             self.table, self.fn = None, source
             self.copy_bytes = 0
+            self.feature_size = 4
         else:
             raise TypeError("features must be a planes tensor (B, 3, C, R, R) or a callable")
         self.reduce = reduce
 
-    def field(self, mlp: FieldMLP, coords: Tensor, grad: bool,
-              keep_table: bool) -> tuple[Tensor, Tensor | None]:
-        """coords (B, M, 3) -> density (B, M), rgb (B, M, 3) or None; features are detached
-        from their source unless `grad` (the MLP's weights always get gradients)."""
+    def field(self, mlp: FieldMLP, coords: Tensor, grad: bool, keep_table: bool,
+              policy: ExecutionPolicy) -> tuple[Tensor, Tensor | None]:
+        """coords (B, M, 3) -> density (B, M), rgb (B, M, 3) or None (fp32); features are
+        detached from their source unless `grad` (the MLP's weights always get gradients)."""
         if self.table is not None:
             table = self.table if grad else self.table.detach()
-            return mlp.from_triplanes(table, coords, self.reduce, keep_table)
+            return mlp.from_triplanes(table, coords, self.reduce, keep_table, policy)
         if grad:
-            return mlp(self.fn(coords))
+            return mlp(self.fn(coords), policy)
         with torch.no_grad():
             feats = self.fn(coords)
-        return mlp(feats)
+        return mlp(feats, policy)
 
 
 class Renderer(nn.Module):
@@ -168,10 +180,11 @@ class Renderer(nn.Module):
     ) -> RenderOutput:
         """Render rays: origins, dirs (B, N, 3) (dirs are normalized here) -> ray-shaped output.
 
-        train: jitter the samples (if `render.stratified`) and anneal the proposal weights by
-        `step` (no annealing when step is None). Without gradients the rays are rendered in
-        chunks of `render.chunk_rays`; with gradients in one pass, or in checkpointed chunks
-        when `render.checkpoint_chunks` is set.
+        train: jitter the samples (if `render.stratified`; from `generator`, which must live on
+        the rays' device) and anneal the proposal weights by `step` (no annealing when step is
+        None). Without gradients the rays are rendered in chunks of `render.chunk_rays` (0: from
+        the chunk budget); with gradients in one pass, or in checkpointed chunks when
+        `render.checkpoint_chunks` is set. Origins and directions are used in fp32.
         """
         if origins.dim() != 3 or origins.shape[-1] != 3 or dirs.shape != origins.shape:
             raise ValueError(f"origins and dirs must both be (B, N, 3), got {tuple(origins.shape)}, "
@@ -180,30 +193,30 @@ class Renderer(nn.Module):
         if source.table is not None:
             if source.table.shape[0] != origins.shape[0]:
                 raise ValueError(f"planes have batch {source.table.shape[0]}, rays {origins.shape[0]}")
-            origins, dirs = origins.to(source.table.dtype), dirs.to(source.table.dtype)
+        origins, dirs = upcast(origins), upcast(dirs)  # geometry is never bf16 (the precision policy)
         dirs = dirs / dirs.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        policy = self.execution_policy(origins.device)
         batch, n = origins.shape[:2]
         anneal = 1.0
         if train:
             anneal = anneal_power(step, self.cfg.proposal_anneal_steps, self.cfg.proposal_anneal_slope)
         jitter = train and self.cfg.stratified
-        us = [
-            stratified_u((batch, n), num, jitter, generator, device=origins.device, dtype=origins.dtype)
-            for num in self.samples_per_level
-        ]
+        us = [stratified_u((batch, n), num, jitter, generator, device=origins.device)
+              for num in self.samples_per_level]
         grad = torch.is_grad_enabled()
         checkpointed = grad and self.cfg.checkpoint_chunks
-        chunk = max(1, self.cfg.chunk_rays // max(batch, 1))
+        rays = self.cfg.chunk_rays or policy.rays_per_chunk(render_bytes_per_ray(self.samples_per_level))
+        chunk = max(1, rays // max(batch, 1))
         if not checkpointed and (grad or n <= chunk):  # one pass (training keeps its graph whole)
-            return self._render(source, origins, dirs, us, anneal)
+            return self._render(source, origins, dirs, us, anneal, policy)
         parts = []
         for start in range(0, n, chunk):
             sl = slice(start, start + chunk)
             args = (origins[:, sl], dirs[:, sl], [u[:, sl] for u in us])
             if checkpointed:
-                parts.append(checkpoint(self._render_tuple, source, *args, anneal, use_reentrant=False))
+                parts.append(checkpoint(self._render_tuple, source, *args, anneal, policy, use_reentrant=False))
             else:
-                parts.append(self._render_tuple(source, *args, anneal))
+                parts.append(self._render_tuple(source, *args, anneal, policy))
         return _from_tuple([torch.cat(xs, dim=1) for xs in zip(*parts)], len(self.cfg.proposal_samples))
 
     def render_cameras(
@@ -224,7 +237,8 @@ class Renderer(nn.Module):
         pixels: optional (B, N) indices into each image's H * W raster: only those rays are
         rendered and the image-shaped outputs are (B, C, 1, N) (training on ray subsets)."""
         ref = features if isinstance(features, Tensor) else cameras.c2w
-        origins, dirs = cameras.to(ref.device, ref.dtype).rays(height, width)
+        # geometry in fp32 (fp64 for fp64 planes), never in bf16 (the precision policy)
+        origins, dirs = cameras.to(ref.device, wide(ref.dtype)).rays(height, width)
         batch = origins.shape[0]
         origins, dirs = origins.reshape(batch, -1, 3), dirs.reshape(batch, -1, 3)
         if pixels is not None:
@@ -242,6 +256,10 @@ class Renderer(nn.Module):
         out.depth, out.disparity, out.opacity = image(out.depth), image(out.disparity), image(out.opacity)
         return out
 
+    def execution_policy(self, device: torch.device) -> ExecutionPolicy:
+        """Chunk budget and scatter method of a render on `device` (`vq3d.render.execution`)."""
+        return execution_policy(self.cfg.chunk_mb, self.cfg.scatter, device)
+
     def plane_coords(self, points: Tensor) -> Tensor:
         """World points (..., 3) -> the planes' coordinates (..., 3): scaled by
         `render.scene_scale`, then contracted into radius 2."""
@@ -253,24 +271,25 @@ class Renderer(nn.Module):
         """NeRF-MLP density at world points (B, M, 3) -> (B, M) (meshes, probes)."""
         source = _Features(features, self.cfg.plane_reduce)
         coords = self.plane_coords(points)
-        density, _ = source.field(self.nerf_mlp, coords, grad=False, keep_table=False)
+        density, _ = source.field(self.nerf_mlp, upcast(coords), grad=False, keep_table=False,
+                                  policy=self.execution_policy(points.device))
         return density.reshape(points.shape[:2])
 
     # ------------------------------------------------------------------ internals
 
     def _render_tuple(self, source: _Features, origins: Tensor, dirs: Tensor, us: list[Tensor],
-                      anneal: float) -> tuple[Tensor, ...]:
-        return _to_tuple(self._render(source, origins, dirs, us, anneal))
+                      anneal: float, policy: ExecutionPolicy) -> tuple[Tensor, ...]:
+        return _to_tuple(self._render(source, origins, dirs, us, anneal, policy))
 
     def _render(self, source: _Features, origins: Tensor, dirs: Tensor, us: list[Tensor],
-                anneal: float) -> RenderOutput:
+                anneal: float, policy: ExecutionPolicy) -> RenderOutput:
         cfg = self.cfg
         batch, n = origins.shape[:2]
         counts = self.samples_per_level
         opaque_last = cfg.background == "none"
         # save every sample's features for backward when they fit in `feature_cache_mb` or cost
         # less than the planes' channel-last copy; otherwise keep the table and recompute them
-        feature_bytes = batch * n * sum(counts) * self.feature_dim * origins.element_size()
+        feature_bytes = batch * n * sum(counts) * self.feature_dim * source.feature_size
         keep_table = feature_bytes > max(source.copy_bytes, cfg.feature_cache_mb * 2**20)
         edges = weights = None
         proposal_weights, proposal_edges = [], []
@@ -282,7 +301,7 @@ class Renderer(nn.Module):
                 else:
                     dilation = dilation_for_level(level, counts, cfg.proposal_dilation,
                                                   cfg.proposal_dilation_bias)
-                    edges = propose_edges(edges, weights.detach(), us[level], dilation, anneal)
+                    edges = propose_edges(edges, weights.detach(), us[level], dilation, anneal, policy)
                 s_mid = 0.5 * (edges[..., 1:] + edges[..., :-1])
                 disp_mid = s_to_disparity(s_mid, cfg.near, cfg.far)  # (B, n, S)
                 t_mid = 1.0 / disp_mid
@@ -290,7 +309,7 @@ class Renderer(nn.Module):
                 points = origins.unsqueeze(2) + dirs.unsqueeze(2) * t_mid.unsqueeze(-1)  # (B, n, S, 3)
                 coords = self.plane_coords(points).reshape(batch, n * num, 3)
             mlp = self.nerf_mlp if is_nerf else self.proposal_mlp
-            density, rgb = source.field(mlp, coords, is_nerf or cfg.proposal_feature_grad, keep_table)
+            density, rgb = source.field(mlp, coords, is_nerf or cfg.proposal_feature_grad, keep_table, policy)
             weights = alpha_weights(density.view(batch, n, num), deltas, opaque_last)
             if not is_nerf:
                 proposal_weights.append(weights)

@@ -12,7 +12,8 @@ disparities, jittered in training); later levels resample the previous level's w
 by inverse CDF (Mip-NeRF 360's proposal sampling), after max-dilation of the histogram and
 annealing of its weights (w^a, a = slope x / ((slope - 1) x + 1), x = step / anneal_steps),
 both as in the Mip-NeRF 360 code (`internal/models.py`, `internal/stepfun.py`). Everything here
-runs without gradients: sample positions are not differentiated.
+runs without gradients: sample positions are not differentiated, and in fp32 under autocast
+too (the precision policy, `vq3d.precision`): bf16 would merge 33 NeRF edges onto 7.
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ import math
 
 import torch
 from torch import Tensor
+
+from vq3d.precision import GEOMETRY_DTYPE, fp32
+from vq3d.render.execution import DEFAULT_POLICY, ExecutionPolicy, resample_bytes_per_ray
 
 
 def s_to_disparity(s: Tensor, near: float, far: float) -> Tensor:
@@ -52,17 +56,22 @@ def anneal_power(step: int | None, anneal_steps: int, slope: float) -> float:
 
 
 def stratified_u(shape: tuple[int, ...], num: int, jitter: bool, generator: torch.Generator | None = None,
-                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> Tensor:
-    """Positions (*shape, num - 1) in (0, 1) for the num - 1 interior edges of `num` intervals.
+                 device: torch.device | str = "cpu") -> Tensor:
+    """Positions (*shape, num - 1) in (0, 1), fp32, for the num - 1 interior edges of `num`
+    intervals.
 
     Fixed at k / num (k = 1..num-1) without jitter; with jitter edge k is uniform in
-    [(k - 0.5) / num, (k + 0.5) / num], so the edges stay sorted and cover (0, 1) evenly.
+    [(k - 0.5) / num, (k + 0.5) / num], so the edges stay sorted and cover (0, 1) evenly. The
+    jitter is drawn on `device`, from `generator`, which must live there (no host copies).
     """
-    k = torch.arange(1, num, device=device, dtype=dtype)
+    device = torch.device(device)
+    k = torch.arange(1, num, device=device, dtype=GEOMETRY_DTYPE)
     if not jitter:
         return (k / num).expand(*shape, num - 1).contiguous()
-    noise_device = generator.device if generator is not None else device
-    noise = torch.rand(*shape, num - 1, generator=generator, dtype=dtype, device=noise_device).to(device)
+    if generator is not None and generator.device.type != device.type:
+        raise ValueError(f"the sampling generator lives on {generator.device}, the rays on {device}: "
+                         "draw the jitter where the rays are")
+    noise = torch.rand(*shape, num - 1, generator=generator, dtype=GEOMETRY_DTYPE, device=device)
     return (k - 0.5 + noise) / num
 
 
@@ -139,7 +148,10 @@ def max_dilate_weights(edges: Tensor, weights: Tensor, dilation: float) -> tuple
         levels.append(torch.maximum(prev, shifted))
         span *= 2
     flat = torch.stack(levels, dim=-2).flatten(-2)  # (..., L * K)
-    floor_log2 = torch.tensor([max(n.bit_length() - 1, 0) for n in range(k + 1)], device=edges.device)
+    # floor(log2(n)) for n = 0..k, built on the device (no host-to-device copy): the number of
+    # powers 2^j (j >= 1) that n reaches
+    counts = torch.arange(k + 1, device=edges.device)
+    floor_log2 = sum(((counts >= (1 << j)).long() for j in range(1, len(levels))), torch.zeros_like(counts))
     level = floor_log2[(hi - lo + 1).clamp(1, k)]
     a = flat.gather(-1, level * k + lo)
     b = flat.gather(-1, level * k + (hi + 1 - (1 << level)).clamp_min(0))
@@ -159,19 +171,24 @@ def dilation_for_level(level: int, samples_per_level: list[int], multiplier: flo
     return bias + multiplier / prod
 
 
-RAY_CHUNK = 1024  # rays per chunk when resampling (bounds the temporaries of dilation)
-
-
-def propose_edges(edges: Tensor, weights: Tensor, u: Tensor, dilation: float, anneal: float) -> Tensor:
+@fp32
+def propose_edges(edges: Tensor, weights: Tensor, u: Tensor, dilation: float, anneal: float,
+                  policy: ExecutionPolicy = DEFAULT_POLICY) -> Tensor:
     """The next level's edges (..., M + 2) from the previous level's histogram (edges (..., K+1),
-    weights (..., K)): dilate by `dilation` (if > 0), anneal, resample at `u` (..., M)."""
+    weights (..., K)): dilate by `dilation` (if > 0), anneal, resample at `u` (..., M). Rays are
+    resampled in chunks sized by `policy` (the temporaries of dilation)."""
     lead = edges.shape[:-1]
     edges = edges.reshape(-1, edges.shape[-1])
     weights = weights.reshape(-1, weights.shape[-1])
     u = u.reshape(-1, u.shape[-1])
     out = edges.new_empty(edges.shape[0], u.shape[-1] + 2)
-    for start in range(0, edges.shape[0], RAY_CHUNK):
-        sl = slice(start, start + RAY_CHUNK)
+    chunk = policy.rays_per_chunk(resample_bytes_per_ray(weights.shape[-1]))
+    if chunk >= edges.shape[0]:  # one chunk: no copy into `out`
+        if dilation > 0:
+            edges, weights = max_dilate_weights(edges, weights, dilation)
+        return resample_edges(edges, weights, u, anneal).view(*lead, -1)
+    for start in range(0, edges.shape[0], chunk):
+        sl = slice(start, start + chunk)
         e, w = edges[sl], weights[sl]
         if dilation > 0:
             e, w = max_dilate_weights(e, w, dilation)

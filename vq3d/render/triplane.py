@@ -16,6 +16,11 @@ point: 3 planes x 4 bilinear corners), and its backward sums each texel's points
 backward on large planes. Both run over chunks of points, so temporaries stay bounded.
 Activation memory: only the coordinates are saved for backward (indices and weights are
 recomputed); the plane values are saved only when the coordinates themselves need a gradient.
+
+Precision (`vq3d.precision`): coordinates, corner indices and bilinear fractions are fp32; the
+features are read in the table's dtype (bf16 planes under autocast give bf16 features, with no
+fp32 copy of the planes); the table's gradient is accumulated in fp32 and returned in the
+table's dtype. Chunk sizes come from the render's `ExecutionPolicy` (`vq3d.render.execution`).
 """
 
 from __future__ import annotations
@@ -26,6 +31,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
+
+from vq3d.precision import LOW_PRECISION, full_precision, upcast, wide
+from vq3d.render.execution import DEFAULT_POLICY, ExecutionPolicy, lookup_bytes_per_point
 
 PlaneReduce = Literal["sum", "mean"]
 
@@ -48,7 +56,7 @@ def planes_to_table(planes: Tensor) -> Tensor:
 def corner_indices(coords: Tensor, resolution: int) -> tuple[Tensor, Tensor]:
     """Bilinear corners of points on the three planes.
 
-    coords: (B, N, 3) points in [-2, 2]^3 (others are clamped to the border texels).
+    coords: (B, N, 3) fp32 points in [-2, 2]^3 (others are clamped to the border texels).
     Returns row00 (B*N, 3), int32 (int64 for tables of 2^31 rows or more): for each plane, the
     row of the flattened table (B*3*R*R, C) holding the point's lower-left corner texel (the
     others are row00 + 1, + R, + R + 1, see `corner_rows`); weights (B*N, 3, 4): the bilinear
@@ -80,27 +88,28 @@ def corner_indices(coords: Tensor, resolution: int) -> tuple[Tensor, Tensor]:
 
 def corner_rows(row00: Tensor, resolution: int) -> Tensor:
     """All 12 table rows (P, 12) of the corners (order: plane, then (0,0), (1,0), (0,1), (1,1))."""
-    offsets = torch.tensor([0, 1, resolution, resolution + 1], device=row00.device, dtype=row00.dtype)
+    corner = torch.arange(4, device=row00.device, dtype=row00.dtype)  # built on the device: no copy
+    offsets = corner % 2 + corner // 2 * resolution  # 0, 1, R, R + 1
     return (row00.unsqueeze(-1) + offsets).view(row00.shape[0], 12)
 
 
 def gather_corners(table: Tensor, row00: Tensor, weights: Tensor, resolution: int,
                    scale: float = 1.0) -> Tensor:
-    """Features (P, C) = scale * sum of the 12 weighted corner rows of `table` (rows, C)."""
+    """Features (P, C) in the table's dtype = scale * sum of the 12 weighted corner rows of
+    `table` (rows, C); the fp32 weights are cast to that dtype (bf16 features are allowed)."""
     w = weights.view(-1, 12)
     if scale != 1.0:
         w = w * scale
+    w = w.to(table.dtype)
     return F.embedding_bag(corner_rows(row00, resolution), table, mode="sum", per_sample_weights=w)
 
 
-POINT_CHUNK = 1 << 14  # points per chunk in the lookup's forward and backward (bounded temporaries)
-
-
 def scatter_corners(out: Tensor, row00: Tensor, weights: Tensor, grad: Tensor, resolution: int,
-                    scale: float = 1.0, method: str = "auto") -> Tensor:
+                    scale: float = 1.0, method: str = "auto", chunk: int | None = None) -> Tensor:
     """Adjoint of `gather_corners`: out[row] += scale * weight * grad[p] for every corner of every
-    point p. out: (rows, C), modified in place and returned; row00 (P, 3), weights (P, 3, 4),
-    grad (P, C).
+    point p. out: (rows, C), modified in place and returned (fp32 for a gradient: many small
+    sums); row00 (P, 3), weights (P, 3, 4), grad (P, C) (cast to out's dtype); `chunk` points
+    at a time (default: the CPU budget's chunk for C channels).
 
     method: "segment" (sort the points' lower-left rows, sum each texel's points with one
     `embedding_bag` per corner, add those sums with `index_add_`: one row per distinct texel
@@ -112,10 +121,12 @@ def scatter_corners(out: Tensor, row00: Tensor, weights: Tensor, grad: Tensor, r
     if method not in ("segment", "index_add"):
         raise ValueError(f"unknown scatter method {method!r}")
     c = grad.shape[-1]
+    if chunk is None:
+        chunk = DEFAULT_POLICY.points_per_chunk(lookup_bytes_per_point(c, 0, 1))
     corner_offsets = (0, 1, resolution, resolution + 1)
-    for start in range(0, row00.shape[0], POINT_CHUNK):
-        sl = slice(start, start + POINT_CHUNK)
-        g = grad[sl]
+    for start in range(0, row00.shape[0], chunk):
+        sl = slice(start, start + chunk)
+        g = grad[sl].to(out.dtype)
         w = weights[sl] * scale if scale != 1.0 else weights[sl]
         if method == "index_add":
             src = (g[:, None, :] * w.reshape(-1, 12, 1)).reshape(-1, c)
@@ -135,48 +146,53 @@ def scatter_corners(out: Tensor, row00: Tensor, weights: Tensor, grad: Tensor, r
 
 
 class _TriplaneLookup(torch.autograd.Function):
-    """features (B, N, C) = scale * sum over planes of bilinear(table, coords)."""
+    """features (B, N, C) = scale * sum over planes of bilinear(table, coords), in the table's
+    dtype; coords are fp32. The table's gradient is summed in fp32."""
 
     @staticmethod
-    @torch.amp.custom_fwd(device_type="cuda", cast_inputs=torch.float32)  # fp32 under autocast
-    def forward(ctx, table: Tensor, coords: Tensor, scale: float) -> Tensor:  # type: ignore[override]
+    def forward(ctx, table: Tensor, coords: Tensor, scale: float,  # type: ignore[override]
+                policy: ExecutionPolicy) -> Tensor:
         batch, _, r, _, c = table.shape
         n = coords.shape[1]
         flat_table = table.reshape(-1, c)
         out = table.new_empty(batch, n, c)
-        for sl in point_chunks(batch, n):
-            row00, weights = corner_indices(coords[:, sl], r)
-            out[:, sl] = gather_corners(flat_table, row00, weights, r, scale).view(batch, -1, c)
-        ctx.scale = scale
-        ctx.table_shape = table.shape
+        chunk = policy.points_per_chunk(lookup_bytes_per_point(c, 0, 1))
+        with full_precision():
+            for sl in point_chunks(batch, n, chunk):
+                row00, weights = corner_indices(coords[:, sl], r)
+                out[:, sl] = gather_corners(flat_table, row00, weights, r, scale).view(batch, -1, c)
+        ctx.scale, ctx.policy, ctx.chunk = scale, policy, chunk
+        ctx.table_shape, ctx.table_dtype = table.shape, table.dtype
         ctx.save_for_backward(coords, table if ctx.needs_input_grad[1] else None)
         return out
 
     @staticmethod
     @once_differentiable
-    @torch.amp.custom_bwd(device_type="cuda")
     def backward(ctx, grad_out: Tensor):  # type: ignore[override]
         coords, table = ctx.saved_tensors
         batch, _, r, _, c = ctx.table_shape
         n = coords.shape[1]
-        grad_table = grad_out.new_zeros(batch * 3 * r * r, c) if ctx.needs_input_grad[0] else None
+        grad_table = (grad_out.new_zeros(batch * 3 * r * r, c, dtype=wide(ctx.table_dtype))
+                      if ctx.needs_input_grad[0] else None)
         grad_coords = torch.zeros_like(coords) if ctx.needs_input_grad[1] else None
-        for sl in point_chunks(batch, n):
-            row00, weights = corner_indices(coords[:, sl], r)
-            grad_flat = grad_out[:, sl].reshape(-1, c)
-            if grad_table is not None:
-                scatter_corners(grad_table, row00, weights, grad_flat, r, ctx.scale)
-            if grad_coords is not None:
-                grad_coords[:, sl] = ctx.scale * _coords_grad(table.reshape(-1, c), coords[:, sl], row00,
-                                                              grad_flat, r)
+        with full_precision():
+            for sl in point_chunks(batch, n, ctx.chunk):
+                row00, weights = corner_indices(coords[:, sl], r)
+                grad_flat = upcast(grad_out[:, sl].reshape(-1, c))
+                if grad_table is not None:
+                    scatter_corners(grad_table, row00, weights, grad_flat, r, ctx.scale, ctx.policy.scatter,
+                                    ctx.chunk)
+                if grad_coords is not None:
+                    grad_coords[:, sl] = ctx.scale * _coords_grad(table.reshape(-1, c), coords[:, sl], row00,
+                                                                  grad_flat, r)
         if grad_table is not None:
-            grad_table = grad_table.view(ctx.table_shape)
-        return grad_table, grad_coords, None
+            grad_table = grad_table.view(ctx.table_shape).to(ctx.table_dtype)
+        return grad_table, grad_coords, None, None
 
 
-def point_chunks(batch: int, n: int) -> list[slice]:
-    """Slices of the N axis so that each chunk holds about POINT_CHUNK points over the batch."""
-    step = max(1, POINT_CHUNK // max(batch, 1))
+def point_chunks(batch: int, n: int, points: int) -> list[slice]:
+    """Slices of the N axis so that each chunk holds about `points` points over the batch."""
+    step = max(1, points // max(batch, 1))
     return [slice(i, min(n, i + step)) for i in range(0, n, step)]
 
 
@@ -188,7 +204,7 @@ def _coords_grad(table: Tensor, coords: Tensor, row00: Tensor, grad: Tensor, r: 
     pix = pix.clamp(0.0, r - 1.0)
     frac = pix - pix.floor().clamp(max=r - 2)
     fu, fv = frac, frac.roll(-1, dims=-1)  # (B, N, 3) per plane
-    corners = table[corner_rows(row00, r)].view(batch, n, 3, 4, -1)  # (B, N, plane, corner, C)
+    corners = upcast(table[corner_rows(row00, r)].view(batch, n, 3, 4, -1))  # (B, N, plane, corner, C)
     g = (corners * grad.view(batch, n, 1, 1, -1)).sum(-1)  # (B, N, 3, 4): grad . f_corner
     d_fu = (1 - fv) * (g[..., 1] - g[..., 0]) + fv * (g[..., 3] - g[..., 2])
     d_fv = (1 - fu) * (g[..., 2] - g[..., 0]) + fu * (g[..., 3] - g[..., 1])
@@ -197,10 +213,13 @@ def _coords_grad(table: Tensor, coords: Tensor, row00: Tensor, grad: Tensor, r: 
     return per_axis * inside.to(per_axis.dtype) * (r / (2.0 * PLANE_EXTENT))
 
 
-def triplane_lookup(table: Tensor, coords: Tensor, reduce: PlaneReduce = "sum") -> Tensor:
-    """Features (B, N, C) of points `coords` (B, N, 3) in [-2, 2]^3 from a channel-last table.
+def triplane_lookup(table: Tensor, coords: Tensor, reduce: PlaneReduce = "sum",
+                    policy: ExecutionPolicy = DEFAULT_POLICY) -> Tensor:
+    """Features (B, N, C), in the table's dtype, of points `coords` (B, N, 3) in [-2, 2]^3 from a
+    channel-last table.
 
-    table: (B, 3, R, R, C) from `planes_to_table`. Differentiable in both arguments.
+    table: (B, 3, R, R, C) from `planes_to_table`. Differentiable in both arguments. The
+    coordinates are used in fp32 whatever their dtype (the precision policy).
     """
     if reduce not in ("sum", "mean"):
         raise ValueError(f"unknown plane reduction {reduce!r}: use 'sum' or 'mean'")
@@ -208,8 +227,7 @@ def triplane_lookup(table: Tensor, coords: Tensor, reduce: PlaneReduce = "sum") 
         raise ValueError(f"table must be (B, 3, R, R, C), got {tuple(table.shape)}")
     if coords.dim() != 3 or coords.shape[0] != table.shape[0] or coords.shape[-1] != 3:
         raise ValueError(f"coords must be (B, N, 3) with B={table.shape[0]}, got {tuple(coords.shape)}")
-    coords = coords.to(table.dtype)
-    return _TriplaneLookup.apply(table, coords, 1.0 / 3.0 if reduce == "mean" else 1.0)
+    return _TriplaneLookup.apply(table, upcast(coords), 1.0 / 3.0 if reduce == "mean" else 1.0, policy)
 
 
 def sample_triplanes(planes: Tensor, coords: Tensor, reduce: PlaneReduce = "sum") -> Tensor:
