@@ -35,3 +35,25 @@ def test_two_process_tiny_run_keeps_ranks_identical_splits_data_and_writes_one_c
     saved = load_file(str(run / "checkpoints" / "step_00000003" / "model.safetensors"))
     for k, v in saved.items():
         assert torch.equal(v, w0[f"model.{k}"]), k
+
+
+ABLATION_WORKER = Path(__file__).with_name("torchrun_stage1_ablations_worker.py")
+
+
+def test_every_table3_ablation_runs_under_ddp_and_a_nan_on_one_rank_is_skipped_by_both(tmp_path):
+    data, runs, record = tmp_path / "data", tmp_path / "runs", tmp_path / "record"
+    record.mkdir()
+    assert main(["synth", "--out", str(data), "--n", "20", "--res", "16", "--views", "1", "--no-progress"]) == 0
+    run_two_ranks(ABLATION_WORKER, [str(data), str(runs), str(record)])
+    r0, r1 = (json.loads((record / f"ablations_rank{r}.json").read_text()) for r in (0, 1))
+    assert set(r0) == {"full", "no_gan", "no_scale", "no_interlevel", "no_nerf_losses", "no_depth",
+                       "no_triplanes", "cnn", "nan_on_rank_1"}
+    for name in r0:
+        assert r0[name]["step"] == r1[name]["step"] == 3, name
+        assert r0[name]["weights_sum"] == r1[name]["weights_sum"], name  # ranks stayed in sync
+        assert r0[name]["weights_abs"] == r1[name]["weights_abs"], name
+        assert r0[name]["stop_reason"] == "steps", name
+    # rank 1 alone saw the nan at step 1; both skipped that one update, and only that one
+    assert r0["nan_on_rank_1"]["skipped"] == r1["nan_on_rank_1"]["skipped"] == 1
+    assert all(r0[name]["skipped"] == 0 for name in r0 if name != "nan_on_rank_1")
+    assert r0["nan_on_rank_1"]["weights_sum"] != r0["full"]["weights_sum"]

@@ -22,9 +22,9 @@ original_step = stage1.Stage1Trainer.train_step
 original_init = stage1.Stage1Trainer.__init__
 
 
-def recording_step(self, batch, rc):
+def recording_step(self, batch):
     seen.extend(int(i) for i in batch["index"])
-    return original_step(self, batch, rc)
+    return original_step(self, batch)
 
 
 def recording_init(self, *args, **kwargs):

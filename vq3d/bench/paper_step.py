@@ -44,7 +44,7 @@ def run(preset: str, batch: int, overrides: list[str], seed: int = 0) -> dict:
                       "disparity": torch.rand(batch, 1, res, res, generator=g)}
         rc = RunControl(10, show_progress=False, install_signals=False)
         t0 = time.perf_counter()
-        logs = trainer.train_step(batch_data, rc)
+        logs = trainer.train_step(batch_data)
         step_s = time.perf_counter() - t0
         rc.close()
     params = sum(p.numel() for p in trainer.model.parameters())

@@ -128,7 +128,7 @@ def generator_losses(
                                               min_scale=scale_floor(c, step))
             terms["scale"] = scale_loss(s, c.small_scale, c.max_scale)
             terms["s_star"] = s.detach().mean()  # the s used (>= the floor while it is on)
-            terms["s_floor"] = torch.tensor(scale_floor(c, step))
+            terms["s_floor"] = s.new_full((), scale_floor(c, step))  # on the device: no host copy
             total = total + c.depth * terms["depth"] + c.scale * terms["scale"]
     if c.distortion or c.interlevel:
         renders = [canonical] + ([novel] if novel is not None else [])
@@ -145,7 +145,7 @@ def generator_losses(
         if novel is not None and d_novel is not None:
             terms["gan_novel"] = generator_loss(d_novel(with_depth(novel, render_cfg.near)))
             total = total + weight * terms["gan_novel"]
-    terms["gan_weight"] = torch.tensor(weight)
+    terms["gan_weight"] = total.new_full((), weight)
     return total, terms
 
 

@@ -87,18 +87,20 @@ class Quantizer(nn.Module):
         self.steps_unused.copy_(torch.where(counts > 0, 0, self.steps_unused + 1))  # no boolean indexing
 
     @torch.no_grad()
-    def restart_dead_codes(self, latents: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    def restart_dead_codes(self, latents: Tensor, generator: torch.Generator | None = None,
+                           allowed: Tensor | bool = True) -> Tensor:
         """Replace codes unused for `dead_code_steps` steps by random recent latents (N, d).
 
         Every code draws a candidate (a random latent plus 1% noise, from `generator`, which
         must live on the latents' device) and the dead ones take it, so nothing waits on the
-        host to learn how many are dead. Under DDP every rank must call this with its latents;
+        host to learn how many are dead. `allowed` (a 0-d bool tensor) False restarts none (a
+        skipped step's latents may be nan). Under DDP every rank must call this with its latents;
         rank 0's candidates are broadcast so the codebooks stay identical. Returns the number
         of codes restarted, a 0-d tensor on the device.
         """
         latents = latents.detach().reshape(-1, latents.shape[-1])
         size, dim = self.codebook_size, latents.shape[-1]
-        dead = self.steps_unused >= self.dead_code_steps  # (K,)
+        dead = (self.steps_unused >= self.dead_code_steps) & allowed  # (K,)
         pick = torch.randint(latents.shape[0], (size,), generator=generator, device=latents.device)
         noise = torch.randn(size, dim, generator=generator, device=latents.device)
         candidates = F.normalize(latents[pick].float() + 0.01 * noise, dim=-1).to(self.codebook.weight.dtype)

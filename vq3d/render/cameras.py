@@ -21,6 +21,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from vq3d.precision import GEOMETRY_DTYPE, fp32
@@ -52,13 +53,9 @@ def look_at(eye: Tensor, target: Tensor | None = None, up: tuple[float, float, f
     right = torch.cross(forward, up_vec, dim=-1)
     right = right / right.norm(dim=-1, keepdim=True)
     true_up = torch.cross(right, forward, dim=-1)
-    c2w = torch.zeros(eye.shape[0], 4, 4, dtype=eye.dtype, device=eye.device)
-    c2w[:, :3, 0] = right
-    c2w[:, :3, 1] = true_up
-    c2w[:, :3, 2] = -forward
-    c2w[:, :3, 3] = eye
-    c2w[:, 3, 3] = 1.0
-    return c2w
+    top = torch.stack([right, true_up, -forward, eye], dim=-1)  # (B, 3, 4): columns
+    bottom = F.pad(torch.zeros_like(eye[:, None]), (0, 1), value=1.0)  # (B, 1, 4): 0 0 0 1
+    return torch.cat([top, bottom], dim=1)  # built from device tensors: no scalar copies
 
 
 @dataclass
@@ -131,9 +128,7 @@ def canonical_position(camera_distance: float, dtype: torch.dtype = GEOMETRY_DTY
     """The canonical camera centre (3,): on the +z axis at `camera_distance`."""
     if camera_distance <= 0:
         raise ValueError(f"camera_distance must be positive, got {camera_distance}")
-    eye = torch.zeros(3, dtype=dtype, device=device)
-    eye[2] = camera_distance  # filled on the device: no host-to-device copy
-    return eye
+    return F.pad(torch.zeros(2, dtype=dtype, device=device), (0, 1), value=camera_distance)  # on the device
 
 
 def canonical_cameras(batch: int, camera_distance: float, fov_deg: float,

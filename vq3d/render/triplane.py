@@ -65,7 +65,8 @@ def corner_indices(coords: Tensor, resolution: int) -> tuple[Tensor, Tensor]:
     batch, n, _ = coords.shape
     r = resolution
     pix = coords.reshape(-1, 3) * (r / (2.0 * PLANE_EXTENT)) + (r - 1) / 2.0  # texel j's centre at j
-    pix = pix.clamp_(0.0, r - 1.0)
+    # nan (from a diverged step, which the step guard then skips) reads texel 0, not out of range
+    pix = pix.nan_to_num_(0.0).clamp_(0.0, r - 1.0)
     lo = pix.floor().clamp_(max=r - 2)
     frac = pix.sub_(lo)  # (P, 3) in [0, 1]
     # plane k reads (u, v) = axes (k, k+1 mod 3): append axis 0, then u = [:, :3], v = [:, 1:];

@@ -6,6 +6,10 @@ update (main: real vs reconstruction; novel-view: detached reconstruction + dept
 view + depth; lazy R1). Works on one CPU/GPU or several GPUs under torchrun (DDP for the
 autoencoder; the discriminators' gradients are all-reduced by hand, which keeps R1's double
 backward out of DDP).
+
+A step never waits on the host (docs/design.md, "Execution"): its randomness is drawn on the
+device, a non-finite update is skipped on the device by one flag all ranks agree on
+(`StepGuard`), and its scalars stay device tensors until a log step reads them all at once.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from vq3d.models.stage1 import Stage1Model
 from vq3d.render.cameras import sample_novel_cameras
 from vq3d.train.batches import batch_stream
 from vq3d.train.checkpoint import load_checkpoint, save_checkpoint, seed_everything
+from vq3d.train.compile import compile_regions
 from vq3d.train.distributed import (
     all_reduce_grads,
     barrier,
@@ -44,6 +49,7 @@ from vq3d.train.panels import stage1_panel
 from vq3d.train.run_control import RunControl
 from vq3d.train.runs import prepare_run
 from vq3d.train.schedule import FitClock, fit_to_time, lr_at, set_lr
+from vq3d.train.step_guard import StepGuard, fused_adamw, keep_fused
 from vq3d.utils.io import atomic_write_json
 
 
@@ -97,28 +103,41 @@ class Stage1Trainer:
         self.perceptual = build_perceptual(L)
         if self.perceptual is not None:
             self.perceptual = self.perceptual.to(self.device)
-        g_params = list(self.model.parameters()) + list(self.logit_laplace.parameters())
-        self.opt_g = torch.optim.AdamW(g_params, lr=t.lr, betas=t.betas, weight_decay=t.weight_decay)
+        self._freeze_unused()
+        g_params = [p for p in (*self.model.parameters(), *self.logit_laplace.parameters()) if p.requires_grad]
+        self.opt_g = fused_adamw(g_params, lr=t.lr, betas=t.betas, weight_decay=t.weight_decay)
         self.d_params = ([] if not self.use_gan else
                          list(self.d_main.parameters()) + list(self.d_novel.parameters()))
-        self.opt_d = (torch.optim.AdamW(self.d_params, lr=t.disc_lr, betas=t.betas, weight_decay=0.0)
+        self.opt_d = (fused_adamw(self.d_params, lr=t.disc_lr, betas=t.betas, weight_decay=0.0)
                       if self.use_gan else None)
         self.ema = EMA(self.model, t.ema_decay) if t.ema_decay > 0 else None
         self.usage = CodebookUsage(cfg.model.codebook_size)
-        self.skipped = 0
+        skipped = 0
         if start_step > 0:
             state = load_checkpoint(self.run_dir, self._modules(), self._optimizers())
-            self.skipped = int(state.get("skipped", 0))
+            skipped = int(state.get("skipped", 0))
+            for opt in self._optimizers().values():
+                keep_fused(opt)
+        self.guard = StepGuard(self.device, t.max_bad_steps, skipped)
         # DDP syncs the autoencoder; the discriminators and the logit-Laplace scale live outside
         # it (R1's double backward), so rank 0's values are copied to every rank here and their
         # gradients are averaged by hand.
         self.outside_ddp = [m for m in (self.d_main, self.d_novel, self.logit_laplace) if m is not None]
         broadcast_parameters(self.outside_ddp)
         self.forward = wrap_ddp(self.model, self.info)
-        if t.compile and self.device.type == "cuda":
-            self.forward = torch.compile(self.forward)
-        self.autocast = torch.autocast("cuda", dtype=torch.bfloat16,
-                                       enabled=t.precision == "bf16" and self.device.type == "cuda")
+        if t.compile:
+            compile_regions(self.model, [m for m in (self.d_main, self.d_novel) if m is not None])
+        # bf16 autocast on the step's device (CPU or CUDA): the precision policy keeps geometry fp32
+        self.autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=t.precision == "bf16")
+
+    def _freeze_unused(self) -> None:
+        """Parameters that cannot get a gradient in this configuration are frozen, so that DDP
+        (which waits for a gradient of every trainable parameter) runs every ablation: the
+        proposal MLP learns only from the interlevel loss (Mip-NeRF 360), so without it it
+        keeps its initial weights."""
+        proposal = self.model.renderer.proposal_mlp
+        if proposal is not None and not self.cfg.loss.interlevel:
+            proposal.requires_grad_(False)
 
     def _modules(self) -> dict[str, nn.Module]:
         mods: dict[str, nn.Module] = {"model": self.model, "logit_laplace": self.logit_laplace}
@@ -132,9 +151,10 @@ class Stage1Trainer:
         return {"g": self.opt_g, **({"d": self.opt_d} if self.opt_d is not None else {})}
 
     def save(self) -> None:
+        skipped = int(self.guard.skipped)  # a host read, once per checkpoint
         if self.info.is_main:
             save_checkpoint(self.run_dir, self.step, self._modules(), self._optimizers(),
-                            state={"skipped": self.skipped}, keep=self.cfg.train.keep_checkpoints)
+                            state={"skipped": skipped}, keep=self.cfg.train.keep_checkpoints)
         barrier()
 
     def _ray_subset(self, images: Tensor, gan_active: bool, gen: torch.Generator) -> Tensor | None:
@@ -145,11 +165,13 @@ class Stage1Trainer:
         if rays <= 0 or rays >= H * W or needs_image:
             return None
         # the `rays` largest of uniform noise: distinct pixels, uniformly drawn from the step's
-        # generator (topk, not a full argsort: 4x cheaper at 256 images of 256x256)
-        return torch.rand(B, H * W, generator=gen).topk(rays, dim=1).indices.to(images.device)
+        # generator on the device (topk, not a full argsort: 4x cheaper at 256 images of 256x256)
+        return torch.rand(B, H * W, generator=gen, device=gen.device).topk(rays, dim=1).indices
 
-    def train_step(self, batch: dict, rc: RunControl) -> dict[str, float] | None:
-        """One generator and one discriminator update; returns scalar logs (None if skipped)."""
+    def train_step(self, batch: dict) -> dict[str, Tensor | float]:
+        """One generator and one discriminator update. Returns the step's scalars as 0-d device
+        tensors (and Python floats): nothing is read on the host here (see `read_scalars`). A
+        non-finite update is skipped on the device ("skipped" is 1 then)."""
         cfg, step = self.cfg, self.step
         images = batch["image"]
         disparity = batch.get("disparity")
@@ -157,9 +179,9 @@ class Stage1Trainer:
             raise RuntimeError("the batch has no disparity target but the depth loss is on")
         lr = lr_at(step, cfg.train.lr, cfg.train.warmup_steps, cfg.train.steps, cfg.train.min_lr_ratio)
         set_lr(self.opt_g, lr)
-        gen = torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + step * 97 + self.info.rank)
-        r = cfg.render
-        novel_c2w = None
+        # the step's randomness (jitter, ray subsets, novel cameras, code restarts), on its device
+        gen = torch.Generator(device=self.device).manual_seed(
+            cfg.train.seed * 1_000_003 + step * 97 + self.info.rank)
         # Novel views feed only the novel-view discriminator, so they are rendered (and both
         # discriminators trained) only once the GAN has started.
         gan_active = self.use_gan and step >= cfg.loss.gan_start_steps
@@ -167,52 +189,71 @@ class Stage1Trainer:
             keep = max(1, cfg.train.gan_batch_size // self.info.world_size)
             images = images[:keep]
             disparity = disparity[:keep] if disparity is not None else None
+        out, logs = self._generator_step(images, disparity, gan_active, gen)
+        logs["lr"] = lr
+        logs.update(self._codebook_step(out["quant"], gen, logs["skipped"]))
+        if gan_active:
+            logs.update(self._discriminator_step(images, out))
+        if (step + 1) % cfg.train.image_every == 0:  # the next step logs a panel of this one
+            self._last = (images, out)
+        return logs
+
+    def _generator_step(self, images: Tensor, disparity: Tensor | None, gan_active: bool,
+                        gen: torch.Generator) -> tuple[dict, dict[str, Tensor]]:
+        """Forward, Eq. 4 and the autoencoder's update (skipped on the device if non-finite)."""
+        cfg, r = self.cfg, self.cfg.render
+        novel_c2w = None
         if gan_active:
             novel_c2w = sample_novel_cameras(images.shape[0], r.camera_distance, r.fov_deg, r.sampling_radius,
-                                             gen).c2w.to(self.device)
+                                             gen).c2w
         pixels = self._ray_subset(images, gan_active, gen)
         for p in self.d_params:
             p.requires_grad_(False)
         with self.autocast:
-            out = self.forward(images, novel_c2w, step, gen, pixels)
+            out = self.forward(images, novel_c2w, self.step, gen, pixels)
             total, terms = generator_losses(
                 images, disparity, out["quant"], out["canonical"], out["novel"], cfg.loss, r,
-                self.logit_laplace, self.perceptual, self.d_main, self.d_novel if out["novel"] else None, step,
-                pixels, metric_depth=self.metric_depth)
-        if not rc.record_loss(total, step):
-            self.skipped += 1
-            self.opt_g.zero_grad(set_to_none=True)
-            return None
+                self.logit_laplace, self.perceptual, self.d_main, self.d_novel if out["novel"] else None,
+                self.step, pixels, metric_depth=self.metric_depth)
         self.opt_g.zero_grad(set_to_none=True)
         total.backward()
         all_reduce_grads(list(self.logit_laplace.parameters()))
         grad_norm = torch.nn.utils.clip_grad_norm_(
-            [p for g in self.opt_g.param_groups for p in g["params"]], cfg.train.grad_clip or float("inf"))
-        self.opt_g.step()
+            [p for g in self.opt_g.param_groups for p in g["params"]], cfg.train.grad_clip or float("inf"),
+            foreach=True)
+        bad = self.guard.flag(total, grad_norm)
+        self.guard.step(self.opt_g, bad)
+        self.guard.record(bad, self.step)
         if self.ema is not None:
-            self.ema.update(self.model, step)
-        quant = out["quant"]
+            self.ema.update(self.model, self.step)
+        logs = {k: v.detach() for k, v in terms.items()}
+        logs.update(loss=total.detach(), grad_norm=grad_norm, perplexity=out["quant"].perplexity, skipped=bad)
+        return out, logs
+
+    def _codebook_step(self, quant, gen: torch.Generator, bad: Tensor) -> dict[str, Tensor]:
+        """Usage window and dead-code restarts (none on a skipped step: its latents may be nan)."""
         self.usage.update(quant.ids)
-        restarted = self.model.quantizer.restart_dead_codes(quant.latents, gen)
-        logs = {k: float(v.detach()) for k, v in terms.items()}
-        logs.update(loss=float(total.detach()), lr=lr, grad_norm=float(grad_norm),
-                    perplexity=float(quant.perplexity), codes_restarted=restarted)
-        if gan_active:
-            for p in self.d_params:
-                p.requires_grad_(True)
-            set_lr(self.opt_d, lr_at(step, cfg.train.disc_lr, cfg.train.warmup_steps, cfg.train.steps,
-                                     cfg.train.min_lr_ratio))
-            apply_r1 = cfg.loss.r1_every > 0 and step % cfg.loss.r1_every == 0
-            with self.autocast:
-                d_total, d_terms = discriminator_losses(images, out["canonical"], out["novel"], self.d_main,
-                                                        self.d_novel, cfg.loss, r, apply_r1)
-            self.opt_d.zero_grad(set_to_none=True)
-            if torch.isfinite(d_total):
-                d_total.backward()
-                all_reduce_grads(self.d_params)
-                self.opt_d.step()
-            logs.update({k: float(v.detach()) for k, v in d_terms.items()})
-        self._last = (images, out)
+        restarted = self.model.quantizer.restart_dead_codes(quant.latents, gen, allowed=bad == 0)
+        return {"codes_restarted": restarted}
+
+    def _discriminator_step(self, images: Tensor, out: dict) -> dict[str, Tensor]:
+        """Both discriminators' update (with lazy R1), skipped on the device if non-finite."""
+        cfg = self.cfg
+        for p in self.d_params:
+            p.requires_grad_(True)
+        set_lr(self.opt_d, lr_at(self.step, cfg.train.disc_lr, cfg.train.warmup_steps, cfg.train.steps,
+                                 cfg.train.min_lr_ratio))
+        apply_r1 = cfg.loss.r1_every > 0 and self.step % cfg.loss.r1_every == 0
+        with self.autocast:
+            d_total, d_terms = discriminator_losses(images, out["canonical"], out["novel"], self.d_main,
+                                                    self.d_novel, cfg.loss, cfg.render, apply_r1)
+        self.opt_d.zero_grad(set_to_none=True)
+        d_total.backward()
+        all_reduce_grads(self.d_params)  # every rank, every GAN step: no rank waits alone
+        d_bad = self.guard.flag(d_total)
+        self.guard.step(self.opt_d, d_bad)
+        logs = {k: v.detach() for k, v in d_terms.items()}
+        logs["d_skipped"] = d_bad
         return logs
 
     def _fit_to_time(self, rc: RunControl, step_seconds: float, in_gan: bool = False) -> None:
@@ -252,10 +293,11 @@ class Stage1Trainer:
                               world_size=info.world_size, num_workers=cfg.data.num_workers,
                               device=self.device, bad_files=bad)
         last: dict[str, float] = {}
+        logs: dict[str, Tensor | float] = {}
         self.model.train()
         with RunLogger(self.run_dir, enabled=info.is_main, resume_step=self.step or None) as logger, \
                 RunControl(cfg.train.steps, cfg.train.max_minutes, self.step, cfg.train.max_bad_steps,
-                           show_progress=info.is_main, desc="stage1") as rc:
+                           show_progress=info.is_main, desc="stage1", sync_every=cfg.train.log_every) as rc:
             if info.is_main and self.metric_depth and self.step == 0:
                 rc.write("depth loss: metric (Eq. 2 at s = 1, t = 0 against the synthetic scenes' true "
                          "disparity; loss.depth_target=relative for the paper's Eq. 1-3)")
@@ -265,33 +307,49 @@ class Stage1Trainer:
             clock = FitClock(FIT_PROBE) if fitting else None
             while not rc.should_stop(self.step):
                 batch = next(stream)
-                logs = self.train_step(batch, rc)
+                logs = self.train_step(batch)
                 self.step += 1
                 if clock is not None:
                     gan = self.use_gan and self.step - 1 >= cfg.loss.gan_start_steps
                     refit = clock.tick(self.step, time.monotonic(), gan)
                     if refit is not None:
                         self._fit_to_time(rc, *refit)
-                if logs is not None:
-                    last = logs
-                    rc.update(self.step, {k: logs[k] for k in ("loss", "mse", "depth") if k in logs})
+                if self.step % cfg.train.log_every == 0 or self.step == 1:
+                    last = self._log(logger, rc, logs, t0)
                 else:
-                    rc.update(self.step, None)
-                if logs is not None and (self.step % cfg.train.log_every == 0 or self.step == 1):
-                    logs = reduce_metrics(logs)
-                    logs.update(codebook_usage=self.usage.fraction_used(), skipped_steps=self.skipped,
-                                steps_per_sec=(self.step - rc.start_step) / max(1e-9, time.monotonic() - t0))
-                    logger.log_scalars(self.step, logs)
-                    last = logs
+                    rc.update(self.step)
                 if info.is_main and self.step % cfg.train.image_every == 0 and hasattr(self, "_last"):
                     logger.log_image(self.step, "panel", stage1_panel(self.model, *self._last, cfg))
                 if self.step % cfg.train.ckpt_every == 0:
                     self.save()
             self.save()
+            if logs and self.step % cfg.train.log_every != 0:  # the last step's values, unlogged
+                last = reduce_metrics(read_scalars(logs))
             if info.is_main:
                 _write_bad_files(self.run_dir, dataset, bad)
                 last["stop_reason"] = rc.stop_reason  # type: ignore[assignment]
         return last
+
+    def _log(self, logger: RunLogger, rc: RunControl, logs: dict, t0: float) -> dict[str, float]:
+        """Read the step's scalars on the host (the step's one sync), check for divergence, show
+        and write them."""
+        values = read_scalars(logs)
+        skipped = self.guard.check()
+        rc.update(self.step, {k: values[k] for k in ("loss", "mse", "depth") if k in values})
+        values = reduce_metrics(values)
+        values.update(codebook_usage=self.usage.fraction_used(), skipped_steps=skipped,
+                      steps_per_sec=(self.step - rc.start_step) / max(1e-9, time.monotonic() - t0))
+        logger.log_scalars(self.step, values)
+        return values
+
+
+def read_scalars(logs: dict[str, Tensor | float]) -> dict[str, float]:
+    """A step's scalars as Python floats: every tensor read in one host transfer."""
+    keys = [k for k, v in logs.items() if isinstance(v, Tensor)]
+    values = torch.stack([logs[k].float() for k in keys]).tolist() if keys else []
+    out = {k: float(v) for k, v in logs.items() if not isinstance(v, Tensor)}
+    out.update(zip(keys, values))
+    return out
 
 
 def _gan_step_cost(cfg: Config) -> float:

@@ -1,0 +1,73 @@
+"""A Stage-1 training step under the GPU execution policy: no host synchronisation at all (it is
+read only when logging), and a non-finite update is skipped on the device."""
+
+import pytest
+import torch
+
+from vq3d.config import load_config
+from vq3d.train.run_control import NonFiniteLossError
+from vq3d.train.stage1 import Stage1Trainer, read_scalars
+from vq3d.utils.host_sync import HostSyncRecorder
+
+# every path of a step: ray subsets before the GAN, whole images, novel views and both
+# discriminators after it, lazy R1, EMA, dead-code restarts; the scatter a GPU would use
+OVERRIDES = ["train.device=cpu", "render.scatter=index_add", "render.train_rays=32", "loss.gan_start_steps=2",
+             "loss.r1_every=2", "model.dead_code_steps=1", "train.ema_decay=0.9", "train.image_every=1000",
+             "train.max_bad_steps=3"]
+
+
+def _batch(seed: int, nan: bool = False) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    image = torch.rand(4, 3, 16, 16, generator=g) * 2 - 1
+    if nan:
+        image[0, 0, 0, 0] = float("nan")
+    return {"image": image, "disparity": torch.rand(4, 1, 16, 16, generator=g)}
+
+
+def _trainer(tmp_path) -> Stage1Trainer:
+    return Stage1Trainer(load_config("tiny", [], OVERRIDES), tmp_path)
+
+
+def test_a_training_step_never_synchronises_with_the_host(tmp_path):
+    trainer = _trainer(tmp_path)
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    with HostSyncRecorder() as recorder:
+        for step in range(5):
+            logs = trainer.train_step(_batch(step))
+            trainer.step += 1
+    assert recorder.syncs == [], "\n".join(f"{s.why}: {s.where}" for s in recorder.syncs)
+    values = read_scalars(logs)  # the log step's one read
+    assert values["skipped"] == 0 and "d_main" in values and "r1_main" in values  # step 4: an R1 step
+    assert values["codes_restarted"] >= 0
+    changed = [k for k, v in trainer.model.state_dict().items() if not torch.equal(v, before[k])]
+    assert any("decoder" in k for k in changed) and any("codebook" in k for k in changed)
+
+
+def test_a_non_finite_step_is_skipped_on_the_device_and_too_many_stop_the_run(tmp_path):
+    trainer = _trainer(tmp_path)
+    for step in range(3):  # into the GAN phase, so both optimizers hold state
+        trainer.train_step(_batch(step))
+        trainer.step += 1
+    weights = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    d_weights = {k: v.clone() for k, v in trainer.d_main.state_dict().items()}
+    g_state = {k: v.clone() for k, v in trainer.opt_g.state[trainer.opt_g.param_groups[0]["params"][0]].items()}
+
+    logs = read_scalars(trainer.train_step(_batch(3, nan=True)))
+    trainer.step += 1
+    assert logs["skipped"] == 1 and logs["d_skipped"] == 1 and logs["codes_restarted"] == 0
+    for k, v in trainer.model.state_dict().items():
+        if k.endswith("steps_unused"):
+            continue  # the usage counter counts the step's codes, as for any forward
+        assert torch.equal(v, weights[k]), k
+    assert all(torch.equal(v, d_weights[k]) for k, v in trainer.d_main.state_dict().items())
+    state = trainer.opt_g.state[trainer.opt_g.param_groups[0]["params"][0]]
+    assert all(torch.equal(state[k], g_state[k]) for k in g_state)  # moments and step count too
+    assert trainer.guard.check() == 1
+
+    trainer.train_step(_batch(4))  # a good step resets the run of bad ones
+    trainer.step += 1
+    for step in range(5, 8):
+        trainer.train_step(_batch(step, nan=True))
+        trainer.step += 1
+    with pytest.raises(NonFiniteLossError, match="3 non-finite losses in a row; last finite step 4"):
+        trainer.guard.check()
