@@ -126,7 +126,7 @@ class Stage1Trainer:
         broadcast_parameters(self.outside_ddp)
         self.forward = wrap_ddp(self.model, self.info)
         if t.compile:
-            compile_regions(self.model, [m for m in (self.d_main, self.d_novel) if m is not None])
+            compile_regions(self.model)
         # bf16 autocast on the step's device (CPU or CUDA): the precision policy keeps geometry fp32
         self.autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=t.precision == "bf16")
 
