@@ -4,7 +4,7 @@ Presets (`tiny`, `demo`, `paper`) build a `Config`; YAML files and `--set sectio
 strings override any field. Unknown keys and values of the wrong type raise `ConfigError`
 naming the key. A resolved config is written next to every run's outputs (`save_config`).
 
-Paper-preset defaults follow `DESIGN.md` (sources: the VQ3D paper, ViT-VQGAN, Mip-NeRF 360).
+Paper-preset defaults follow `docs/design.md` (sources: the VQ3D paper, ViT-VQGAN, Mip-NeRF 360).
 """
 
 from __future__ import annotations

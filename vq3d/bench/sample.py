@@ -45,17 +45,24 @@ def _time_sampling(
     runs, start = 0, time.perf_counter()
     while runs == 0 or time.perf_counter() - start < min_seconds:
         ids = sample(model, batch, labels, temperature=1.0, seed=seed, use_cache=use_cache)
+        ids.cpu()  # waits for a GPU to finish the run
         runs += 1
     return (time.perf_counter() - start) / runs, runs, ids
 
 
-def run_setting(vocab: int, seq_len: int, cfg: Stage2Config, batch: int, seed: int = 0) -> dict:
+def run_setting(vocab: int, seq_len: int, cfg: Stage2Config, batch: int, seed: int = 0,
+                device: str = "cpu", uncached: bool = True) -> dict:
+    """Tokens per second of sampling with the KV cache (and without it, when `uncached`)."""
     torch.manual_seed(seed)
-    model = GPT(vocab, seq_len, NUM_CLASSES, cfg).eval()
+    model = GPT(vocab, seq_len, NUM_CLASSES, cfg).eval().to(device)
     _time_sampling(model, batch, True, seed, min_seconds=0.0)  # warm-up (allocator, kernels)
     cached_s, cached_runs, cached_ids = _time_sampling(model, batch, True, seed)
-    uncached_s, uncached_runs, uncached_ids = _time_sampling(model, batch, False, seed)
     tokens = batch * seq_len
+    if not uncached:
+        return {"seq_len": seq_len, "vocab_size": vocab, "layers": cfg.layers, "width": cfg.width,
+                "params": gpt_param_count(model), "batch": batch, "cached_seconds": round(cached_s, 4),
+                "cached_runs": cached_runs, "cached_tokens_per_s": round(tokens / cached_s, 1)}
+    uncached_s, uncached_runs, uncached_ids = _time_sampling(model, batch, False, seed)
     return {
         "seq_len": seq_len,
         "vocab_size": vocab,

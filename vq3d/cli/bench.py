@@ -13,6 +13,7 @@ BENCHMARKS = {
     "render": "vq3d.bench.render",
     "viewer": "vq3d.bench.viewer",
     "paper-step": "vq3d.bench.paper_step",
+    "gpu": "vq3d.bench.gpu",
 }
 
 

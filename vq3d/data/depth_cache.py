@@ -14,7 +14,7 @@ written atomically (temp file + rename), so a killed run leaves only complete en
 rerun resumes where it stopped. One file per image scales to ImageNet (1.28M entries in 256
 sub-folders, ~128 KiB each at 256x256) without ever rewriting a large file.
 
-Disparity is relative inverse depth, normalized per image to [0, 1] (DESIGN.md), cropped with
+Disparity is relative inverse depth, normalized per image to [0, 1] (docs/design.md), cropped with
 the training crop (`decode.center_square_box`) at the training resolution, not flipped.
 """
 

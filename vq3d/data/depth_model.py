@@ -175,7 +175,7 @@ class DepthEstimator:
         """uint8 (B, H, W, 3) at `input_size` -> float32 (B, R, R) disparity in [0, 1] per image.
 
         The raw prediction is resized to R x R (bilinear, antialiased) and min-max normalized
-        per image (DESIGN.md); a constant prediction gives zeros.
+        per image (docs/design.md); a constant prediction gives zeros.
         """
         x = images.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float()
         x = (x * self.spec.rescale - self._mean) / self._std  # (B,3,H,W)

@@ -9,7 +9,7 @@ for p >= 1, so the output at position t predicts image token `ids[t]`:
 Class-conditional models give classes their OWN embedding table with `num_classes + 1` rows;
 the last row is the null class of classifier-free guidance (labels are replaced by it with
 probability `class_dropout` in training). Class and image ids never share a table (taming's
-class-conditional GPT offsets class ids into the image vocabulary; DESIGN.md pitfalls).
+class-conditional GPT offsets class ids into the image vocabulary; docs/design.md, pitfalls).
 Unconditional models (`num_classes = 0`) use one learned start embedding at position 0.
 
 Sizes follow ViT-VQGAN's VIM-Base for the paper preset (24 layers, width 1536, 16 heads, MLP 4x;

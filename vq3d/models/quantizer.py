@@ -120,7 +120,7 @@ def code_counts(ids: Tensor, codebook_size: int) -> Tensor:
 
 
 class CodebookUsage:
-    """Unique codes used over a sliding window of the most recent `window` ids (DESIGN.md).
+    """Unique codes used over a sliding window of the most recent `window` ids (docs/design.md).
 
     The window lives on the ids' device and `update` runs there without host synchronisation;
     `fraction_used` reads it (call it when logging)."""

@@ -1,6 +1,6 @@
 """Stage-2 sampling: logit filters (top-k, top-p), classifier-free guidance, the sampling loop.
 
-Per step, in this order (DESIGN.md pitfalls):
+Per step, in this order (docs/design.md, pitfalls):
   1. guidance on raw logits: `uncond + guidance * (cond - uncond)` (classifier-free guidance,
      Ho & Salimans 2022), from one doubled batch [labels; null class];
   2. temperature (near 0: greedy argmax, never NaN);

@@ -1,6 +1,6 @@
 """The project's one camera model.
 
-Conventions (see DESIGN.md):
+Conventions (see docs/design.md):
 - World frame right-handed, +y up. The canonical camera sits at (0, 0, camera_distance) and
   looks at the origin; it is the same for every image.
 - Camera-to-world matrices `c2w` (B, 4, 4) use the OpenGL convention: the camera looks along

@@ -42,7 +42,7 @@ interval reaches infinity and the NeRF level's sample disparities D_ik are the i
 midpoints' disparities; `background="none"` makes that last interval opaque so every ray
 saturates (weights sum to 1, as Eq. 1-2 assume).
 
-Outputs follow DESIGN.md: colours in [-1, 1], depth = ray distance t, disparity = 1 / t.
+Outputs follow docs/design.md: colours in [-1, 1], depth = ray distance t, disparity = 1 / t.
 """
 
 from __future__ import annotations
@@ -113,8 +113,8 @@ class _Features:
             self.table: Tensor | None = planes_to_table(source)
             self.fn: FeatureFn | None = None
             # bytes the channel-last copy adds (none when the planes were channel-last already)
-            self.copy_bytes = 0 if self.table.data_ptr() == source.data_ptr() else (
-                self.table.numel() * self.table.element_size())
+            channel_last = source.permute(0, 1, 3, 4, 2).is_contiguous()
+            self.copy_bytes = 0 if channel_last else self.table.numel() * self.table.element_size()
             self.feature_size = self.table.element_size()  # bytes of one feature value
         elif callable(source):
             self.table, self.fn = None, source
