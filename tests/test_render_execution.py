@@ -63,6 +63,6 @@ def test_the_budget_comes_from_the_config_or_the_device():
     assert execution_policy(8.0, "auto", cpu) == ExecutionPolicy(8 * 2**20, "segment")
     assert execution_policy(0.0, "index_add", cpu).chunk_bytes == 32 * 2**20  # the CPU default
     per_point = lookup_bytes_per_point(32, 32, 2)
-    assert ExecutionPolicy(10 * per_point, "segment").points_per_chunk(per_point) == 10
+    assert ExecutionPolicy(10 * per_point, "segment").per_chunk(per_point) == 10
     with pytest.raises(ValueError, match="render.scatter"):
         execution_policy(0.0, "atomic", cpu)

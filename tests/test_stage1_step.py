@@ -71,3 +71,37 @@ def test_a_non_finite_step_is_skipped_on_the_device_and_too_many_stop_the_run(tm
         trainer.step += 1
     with pytest.raises(NonFiniteLossError, match="3 non-finite losses in a row; last finite step 4"):
         trainer.guard.check()
+
+
+def test_a_non_fused_optimizer_state_loads_into_the_fused_guarded_one():
+    from vq3d.train.step_guard import StepGuard, fused_adamw, keep_fused
+
+    p = torch.nn.Parameter(torch.ones(3))
+    old = torch.optim.AdamW([p], lr=0.1)  # what checkpoints of earlier versions hold
+    p.grad = torch.ones(3)
+    old.step()
+    q = torch.nn.Parameter(p.detach().clone())
+    opt = fused_adamw([q], lr=0.1)
+    opt.load_state_dict(old.state_dict())
+    assert not opt.param_groups[0]["fused"]  # loading took the old options
+    keep_fused(opt)
+    assert opt.param_groups[0]["fused"] and opt.state[q]["step"].dtype == torch.float32
+    guard = StepGuard(torch.device("cpu"), max_bad_steps=5)
+    q.grad = torch.full((3,), float("nan"))
+    before = q.detach().clone()
+    guard.step(opt, guard.flag(q.grad))
+    assert torch.equal(q, before) and float(opt.state[q]["step"]) == 1.0  # skipped: nothing moved
+
+
+def test_ema_leaves_its_average_alone_on_a_skipped_step():
+    from vq3d.train.ema import EMA
+
+    model = torch.nn.Linear(2, 2)
+    ema = EMA(model, 0.5)
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    shadow = ema.shadow.weight.clone()
+    ema.update(model, skip=torch.tensor(1.0))
+    assert torch.equal(ema.shadow.weight, shadow)
+    ema.update(model, skip=torch.tensor(0.0))
+    assert torch.allclose(ema.shadow.weight, 0.5 * shadow + 0.5 * model.weight)

@@ -11,13 +11,21 @@ from vq3d.cli import main
 from torchrun_launch import run_two_ranks
 
 WORKER = Path(__file__).with_name("torchrun_stage1_worker.py")
+ABLATION_WORKER = Path(__file__).with_name("torchrun_stage1_ablations_worker.py")
 
 
-def test_two_process_tiny_run_keeps_ranks_identical_splits_data_and_writes_one_checkpoint(tmp_path):
+def _run_worker(worker: Path, tmp_path: Path) -> Path:
+    """Tiny synthetic data, then `worker DATA RUN RECORD` on two ranks; returns RECORD."""
     data, run, record = tmp_path / "data", tmp_path / "run", tmp_path / "record"
     record.mkdir()
     assert main(["synth", "--out", str(data), "--n", "20", "--res", "16", "--views", "1", "--no-progress"]) == 0
-    run_two_ranks(WORKER, [str(data), str(run), str(record)])
+    run_two_ranks(worker, [str(data), str(run), str(record)])
+    return record
+
+
+def test_two_process_tiny_run_keeps_ranks_identical_splits_data_and_writes_one_checkpoint(tmp_path):
+    record = _run_worker(WORKER, tmp_path)
+    run = tmp_path / "run"
 
     w0, w1 = load_file(str(record / "rank0.safetensors")), load_file(str(record / "rank1.safetensors"))
     assert set(w0) == set(w1) and any(k.startswith("d_main.") for k in w0)
@@ -37,14 +45,8 @@ def test_two_process_tiny_run_keeps_ranks_identical_splits_data_and_writes_one_c
         assert torch.equal(v, w0[f"model.{k}"]), k
 
 
-ABLATION_WORKER = Path(__file__).with_name("torchrun_stage1_ablations_worker.py")
-
-
 def test_every_table3_ablation_runs_under_ddp_and_a_nan_on_one_rank_is_skipped_by_both(tmp_path):
-    data, runs, record = tmp_path / "data", tmp_path / "runs", tmp_path / "record"
-    record.mkdir()
-    assert main(["synth", "--out", str(data), "--n", "20", "--res", "16", "--views", "1", "--no-progress"]) == 0
-    run_two_ranks(ABLATION_WORKER, [str(data), str(runs), str(record)])
+    record = _run_worker(ABLATION_WORKER, tmp_path)
     r0, r1 = (json.loads((record / f"ablations_rank{r}.json").read_text()) for r in (0, 1))
     assert set(r0) == {"full", "no_gan", "no_scale", "no_interlevel", "no_nerf_losses", "no_depth",
                        "no_triplanes", "cnn", "nan_on_rank_1"}

@@ -171,8 +171,10 @@ class TrainConfig:
     log_every: int = 50
     image_every: int = 1000
     seed: int = 0
-    precision: Literal["fp32", "bf16"] = "fp32"  # bf16 autocast is used on CUDA only
-    compile: bool = False  # torch.compile on CUDA
+    # bf16 autocast on the step's device (CPU or CUDA; slow on CPUs without bf16 matmul units);
+    # the precision policy keeps geometry fp32 (vq3d/precision.py, docs/design.md)
+    precision: Literal["fp32", "bf16"] = "fp32"
+    compile: bool = False  # torch.compile of the ViT encoder and decoder (vq3d/train/compile.py)
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", ...
     max_bad_steps: int = 20  # this many non-finite losses in a row stop the run
 

@@ -2,7 +2,8 @@
 the paper preset's peak memory at any batch size in seconds, on a machine without a GPU.
 
 Under `torch._subclasses.FakeTensorMode` every operator computes only its output's shape and
-dtype, so autocast's bf16 casts happen as on a GPU, and `PeakMemory` (a dispatch mode that
+dtype; autocast casts as on the CPU, which is nearly what a GPU does (CUDA's autocast also
+returns layer norms, softmax and sums in fp32, transients this count misses), and `PeakMemory` (a dispatch mode that
 adds each new storage's bytes and subtracts them when the storage is freed) follows what a
 caching-free allocator would hold. The step can run this way because it never reads a tensor
 on the host (see `vq3d.utils.host_sync`); the scatter of the triplanes' gradient must be

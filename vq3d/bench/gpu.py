@@ -34,7 +34,6 @@ import tempfile
 import time
 import traceback
 import warnings
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -199,7 +198,7 @@ def _time_step(ctx: Context, batch: int, compiled: bool) -> dict:
         peak = ctx.peak_flops()
         if peak is not None:
             result["mfu"] = round(ctx.flops_per_image() * batch / seconds / peak, 3)
-        del trainer, data
+        trainer = data = None  # free them before the next batch is tried
     _free(ctx.device)
     return result
 
@@ -344,7 +343,8 @@ def run(preset: str | None, device: str, max_batch: int, budget_s: float) -> dic
         "torch": torch.__version__, "cuda_version": torch.version.cuda, "machine": platform.machine(),
         "checks": {}, "seconds": {}, "skipped": {}, "errors": {}}
     if not ctx.cuda:
-        report["skipped"]["cuda"] = "no CUDA device: the tiny preset on the CPU, bf16 through CPU autocast"
+        report["skipped"]["cuda"] = ("no CUDA device: the tiny preset on the CPU, fp32 steps (bf16 only in the "
+                                     "render agreement check, through CPU autocast)")
     start = time.perf_counter()
     for name, check in CHECKS:
         if time.perf_counter() - start > budget_s:

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from vq3d.precision import fp32
+from vq3d.precision import fp32, upcast
 
 Background = Literal["none", "black", "white"]
 MAX_DELTA = 1e10  # stands in for an infinite last interval (far = inf)
@@ -71,7 +71,7 @@ class _AlphaWeights(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad: Tensor):  # type: ignore[override]
         density, deltas = ctx.saved_tensors
-        grad = grad.float()
+        grad = upcast(grad)
         weights, after = _alpha_weights(density, deltas, ctx.opaque_last)
         gw = grad * weights
         later = torch.flip(torch.cumsum(torch.flip(gw, [-1]), dim=-1), [-1]) - gw  # sum_{i>j} g_i w_i

@@ -36,11 +36,9 @@ class ExecutionPolicy:
     chunk_bytes: int
     scatter: ScatterMethod
 
-    def points_per_chunk(self, bytes_per_point: int) -> int:
-        return max(1, self.chunk_bytes // max(1, bytes_per_point))
-
-    def rays_per_chunk(self, bytes_per_ray: int) -> int:
-        return max(1, self.chunk_bytes // max(1, bytes_per_ray))
+    def per_chunk(self, bytes_each: int) -> int:
+        """How many items (points, rays) of `bytes_each` temporaries one chunk holds (>= 1)."""
+        return max(1, self.chunk_bytes // max(1, bytes_each))
 
 
 def lookup_bytes_per_point(channels: int, hidden: int, layers: int) -> int:

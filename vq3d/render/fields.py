@@ -16,9 +16,10 @@ With a feature callable (`FieldMLP.forward`) the features are saved and only the
 activations recomputed (`_RecomputedMLP`).
 
 Precision (`vq3d.precision`): the MLP runs in the autocast dtype when autocast is on (on CPU
-or CUDA), else fp32, with its inputs and weights cast explicitly; weight gradients are
-accumulated in fp32; density and colour are returned in fp32 (they feed transmittance and
-compositing). Chunk sizes come from the render's `ExecutionPolicy`.
+or CUDA), else in its inputs' dtype (fp32; fp64 in gradient checks), with its inputs and weights
+cast explicitly; each chunk's weight-gradient product is computed in that dtype (a bf16 matmul
+accumulates in fp32 inside) and the chunks are summed in fp32; density and colour are returned
+in fp32 (they feed transmittance and compositing). Chunk sizes come from the render's `ExecutionPolicy`.
 """
 
 from __future__ import annotations
@@ -96,7 +97,7 @@ class FieldMLP(nn.Module):
     def chunk_points(self, policy: ExecutionPolicy) -> int:
         """Points per chunk of this MLP's fused lookup under `policy`."""
         first = self.linears[0]
-        return policy.points_per_chunk(lookup_bytes_per_point(first.in_features, first.out_features,
+        return policy.per_chunk(lookup_bytes_per_point(first.in_features, first.out_features,
                                                               len(self.linears)))
 
     def forward(self, features: Tensor,

@@ -60,7 +60,7 @@ from vq3d.precision import upcast, wide
 from vq3d.render.cameras import Cameras
 from vq3d.render.compositing import alpha_weights, background_rgb, composite, interval_lengths
 from vq3d.render.contraction import contract
-from vq3d.render.execution import ExecutionPolicy, execution_policy, render_bytes_per_ray
+from vq3d.render.execution import ExecutionPolicy, execution_policy, lookup_bytes_per_point, render_bytes_per_ray
 from vq3d.render.fields import FieldMLP
 from vq3d.render.samplers import (
     anneal_power,
@@ -201,11 +201,15 @@ class Renderer(nn.Module):
         if train:
             anneal = anneal_power(step, self.cfg.proposal_anneal_steps, self.cfg.proposal_anneal_slope)
         jitter = train and self.cfg.stratified
-        us = [stratified_u((batch, n), num, jitter, generator, device=origins.device)
+        us = [stratified_u((batch, n), num, jitter, generator, device=origins.device, dtype=origins.dtype)
               for num in self.samples_per_level]
         grad = torch.is_grad_enabled()
         checkpointed = grad and self.cfg.checkpoint_chunks
-        rays = self.cfg.chunk_rays or policy.rays_per_chunk(render_bytes_per_ray(self.samples_per_level))
+        per_ray = render_bytes_per_ray(self.samples_per_level)
+        if checkpointed:  # a checkpointed chunk holds its whole graph during its backward
+            per_ray += sum(self.samples_per_level) * lookup_bytes_per_point(
+                self.feature_dim, self.cfg.mlp_hidden, self.cfg.mlp_layers)
+        rays = self.cfg.chunk_rays or policy.per_chunk(per_ray)
         chunk = max(1, rays // max(batch, 1))
         if not checkpointed and (grad or n <= chunk):  # one pass (training keeps its graph whole)
             return self._render(source, origins, dirs, us, anneal, policy)
@@ -257,8 +261,14 @@ class Renderer(nn.Module):
         return out
 
     def execution_policy(self, device: torch.device) -> ExecutionPolicy:
-        """Chunk budget and scatter method of a render on `device` (`vq3d.render.execution`)."""
-        return execution_policy(self.cfg.chunk_mb, self.cfg.scatter, device)
+        """Chunk budget and scatter method of renders on `device` (`vq3d.render.execution`),
+        fixed at the first render there: chunk sizes then do not drift with the memory in use,
+        so the summation order, and the results, repeat from step to step."""
+        key = (device.type, device.index, self.cfg.chunk_mb, self.cfg.scatter)
+        cache = self.__dict__.setdefault("_policies", {})
+        if key not in cache:
+            cache[key] = execution_policy(self.cfg.chunk_mb, self.cfg.scatter, device)
+        return cache[key]
 
     def plane_coords(self, points: Tensor) -> Tensor:
         """World points (..., 3) -> the planes' coordinates (..., 3): scaled by

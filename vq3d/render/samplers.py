@@ -23,7 +23,7 @@ import math
 import torch
 from torch import Tensor
 
-from vq3d.precision import GEOMETRY_DTYPE, fp32
+from vq3d.precision import GEOMETRY_DTYPE, fp32, wide
 from vq3d.render.execution import DEFAULT_POLICY, ExecutionPolicy, resample_bytes_per_ray
 
 
@@ -56,22 +56,22 @@ def anneal_power(step: int | None, anneal_steps: int, slope: float) -> float:
 
 
 def stratified_u(shape: tuple[int, ...], num: int, jitter: bool, generator: torch.Generator | None = None,
-                 device: torch.device | str = "cpu") -> Tensor:
-    """Positions (*shape, num - 1) in (0, 1), fp32, for the num - 1 interior edges of `num`
-    intervals.
+                 device: torch.device | str = "cpu", dtype: torch.dtype = GEOMETRY_DTYPE) -> Tensor:
+    """Positions (*shape, num - 1) in (0, 1), in `dtype` (fp32, or fp64; never bf16), for the
+    num - 1 interior edges of `num` intervals.
 
     Fixed at k / num (k = 1..num-1) without jitter; with jitter edge k is uniform in
     [(k - 0.5) / num, (k + 0.5) / num], so the edges stay sorted and cover (0, 1) evenly. The
     jitter is drawn on `device`, from `generator`, which must live there (no host copies).
     """
-    device = torch.device(device)
-    k = torch.arange(1, num, device=device, dtype=GEOMETRY_DTYPE)
+    device, dtype = torch.device(device), wide(dtype)
+    k = torch.arange(1, num, device=device, dtype=dtype)
     if not jitter:
         return (k / num).expand(*shape, num - 1).contiguous()
     if generator is not None and generator.device.type != device.type:
         raise ValueError(f"the sampling generator lives on {generator.device}, the rays on {device}: "
                          "draw the jitter where the rays are")
-    noise = torch.rand(*shape, num - 1, generator=generator, dtype=GEOMETRY_DTYPE, device=device)
+    noise = torch.rand(*shape, num - 1, generator=generator, dtype=dtype, device=device)
     return (k - 0.5 + noise) / num
 
 
@@ -181,12 +181,12 @@ def propose_edges(edges: Tensor, weights: Tensor, u: Tensor, dilation: float, an
     edges = edges.reshape(-1, edges.shape[-1])
     weights = weights.reshape(-1, weights.shape[-1])
     u = u.reshape(-1, u.shape[-1])
-    out = edges.new_empty(edges.shape[0], u.shape[-1] + 2)
-    chunk = policy.rays_per_chunk(resample_bytes_per_ray(weights.shape[-1]))
+    chunk = policy.per_chunk(resample_bytes_per_ray(weights.shape[-1]))
     if chunk >= edges.shape[0]:  # one chunk: no copy into `out`
         if dilation > 0:
             edges, weights = max_dilate_weights(edges, weights, dilation)
         return resample_edges(edges, weights, u, anneal).view(*lead, -1)
+    out = edges.new_empty(edges.shape[0], u.shape[-1] + 2)
     for start in range(0, edges.shape[0], chunk):
         sl = slice(start, start + chunk)
         e, w = edges[sl], weights[sl]

@@ -19,8 +19,9 @@ recomputed); the plane values are saved only when the coordinates themselves nee
 
 Precision (`vq3d.precision`): coordinates, corner indices and bilinear fractions are fp32; the
 features are read in the table's dtype (bf16 planes under autocast give bf16 features, with no
-fp32 copy of the planes); the table's gradient is accumulated in fp32 and returned in the
-table's dtype. Chunk sizes come from the render's `ExecutionPolicy` (`vq3d.render.execution`).
+fp32 copy of the planes), so the 12 corner weights are cast to it for that sum; the table's
+gradient is accumulated in fp32 (with fp32 weights) and returned in the table's dtype.
+Chunk sizes come from the render's `ExecutionPolicy` (`vq3d.render.execution`).
 """
 
 from __future__ import annotations
@@ -62,6 +63,8 @@ def corner_indices(coords: Tensor, resolution: int) -> tuple[Tensor, Tensor]:
     others are row00 + 1, + R, + R + 1, see `corner_rows`); weights (B*N, 3, 4): the bilinear
     weights of those 4 corners (each plane's sum to 1).
     """
+    if coords.dtype in LOW_PRECISION:
+        raise TypeError(f"plane coordinates must be fp32 (the precision policy), got {coords.dtype}")
     batch, n, _ = coords.shape
     r = resolution
     pix = coords.reshape(-1, 3) * (r / (2.0 * PLANE_EXTENT)) + (r - 1) / 2.0  # texel j's centre at j
@@ -123,7 +126,7 @@ def scatter_corners(out: Tensor, row00: Tensor, weights: Tensor, grad: Tensor, r
         raise ValueError(f"unknown scatter method {method!r}")
     c = grad.shape[-1]
     if chunk is None:
-        chunk = DEFAULT_POLICY.points_per_chunk(lookup_bytes_per_point(c, 0, 1))
+        chunk = DEFAULT_POLICY.per_chunk(lookup_bytes_per_point(c, 0, 1))
     corner_offsets = (0, 1, resolution, resolution + 1)
     for start in range(0, row00.shape[0], chunk):
         sl = slice(start, start + chunk)
@@ -157,7 +160,7 @@ class _TriplaneLookup(torch.autograd.Function):
         n = coords.shape[1]
         flat_table = table.reshape(-1, c)
         out = table.new_empty(batch, n, c)
-        chunk = policy.points_per_chunk(lookup_bytes_per_point(c, 0, 1))
+        chunk = policy.per_chunk(lookup_bytes_per_point(c, 0, 1))
         with full_precision():
             for sl in point_chunks(batch, n, chunk):
                 row00, weights = corner_indices(coords[:, sl], r)

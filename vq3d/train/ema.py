@@ -42,17 +42,21 @@ class EMA:
         return [(own[k], theirs[k]) for k in own]
 
     @torch.no_grad()
-    def update(self, module: nn.Module, step: int | None = None) -> None:
+    def update(self, module: nn.Module, step: int | None = None, skip: torch.Tensor | None = None) -> None:
         """shadow <- d * shadow + (1 - d) * module (floating tensors; others copied).
 
-        d is `decay`, or its warmed-up value at `step` (0-based) when a step is given.
+        d is `decay`, or its warmed-up value at `step` (0-based) when a step is given. `skip`, a
+        0-d tensor, leaves the shadow as it is where it is 1 (a skipped step), on the device.
         """
         d = self.decay_at(step)
+        weight = 1.0 - d if skip is None else (1.0 - skip.float()) * (1.0 - d)
         for mine, theirs in self._pairs(module):
             if mine.is_floating_point():
-                mine.lerp_(theirs.detach().to(mine.dtype), 1.0 - d)
-            else:
+                mine.lerp_(theirs.detach().to(mine.dtype), weight)
+            elif skip is None:
                 mine.copy_(theirs)
+            else:
+                mine.copy_(torch.where(skip > 0, mine, theirs))
 
     def decay_at(self, step: int | None) -> float:
         return self.decay if step is None else min(self.decay, (1.0 + step) / (10.0 + step))

@@ -103,8 +103,9 @@ class Stage1Trainer:
         self.perceptual = build_perceptual(L)
         if self.perceptual is not None:
             self.perceptual = self.perceptual.to(self.device)
-        self._freeze_unused()
-        g_params = [p for p in (*self.model.parameters(), *self.logit_laplace.parameters()) if p.requires_grad]
+        self._freeze_unused()  # frozen parameters stay in the optimizer (no gradient: no update),
+        # so checkpoints keep one layout whatever the configuration
+        g_params = list(self.model.parameters()) + list(self.logit_laplace.parameters())
         self.opt_g = fused_adamw(g_params, lr=t.lr, betas=t.betas, weight_decay=t.weight_decay)
         self.d_params = ([] if not self.use_gan else
                          list(self.d_main.parameters()) + list(self.d_novel.parameters()))
@@ -112,13 +113,13 @@ class Stage1Trainer:
                       if self.use_gan else None)
         self.ema = EMA(self.model, t.ema_decay) if t.ema_decay > 0 else None
         self.usage = CodebookUsage(cfg.model.codebook_size)
-        skipped = 0
+        state: dict = {}
         if start_step > 0:
             state = load_checkpoint(self.run_dir, self._modules(), self._optimizers())
-            skipped = int(state.get("skipped", 0))
             for opt in self._optimizers().values():
                 keep_fused(opt)
-        self.guard = StepGuard(self.device, t.max_bad_steps, skipped)
+        self.guard = StepGuard(self.device, t.max_bad_steps, int(state.get("skipped", 0)),
+                               int(state.get("last_finite_step", start_step - 1)))
         # DDP syncs the autoencoder; the discriminators and the logit-Laplace scale live outside
         # it (R1's double backward), so rank 0's values are copied to every rank here and their
         # gradients are averaged by hand.
@@ -151,10 +152,10 @@ class Stage1Trainer:
         return {"g": self.opt_g, **({"d": self.opt_d} if self.opt_d is not None else {})}
 
     def save(self) -> None:
-        skipped = int(self.guard.skipped)  # a host read, once per checkpoint
+        counters = self.guard.state()  # a host read, once per checkpoint
         if self.info.is_main:
             save_checkpoint(self.run_dir, self.step, self._modules(), self._optimizers(),
-                            state={"skipped": skipped}, keep=self.cfg.train.keep_checkpoints)
+                            state=counters, keep=self.cfg.train.keep_checkpoints)
         barrier()
 
     def _ray_subset(self, images: Tensor, gan_active: bool, gen: torch.Generator) -> Tensor | None:
@@ -193,7 +194,7 @@ class Stage1Trainer:
         logs["lr"] = lr
         logs.update(self._codebook_step(out["quant"], gen, logs["skipped"]))
         if gan_active:
-            logs.update(self._discriminator_step(images, out))
+            logs.update(self._discriminator_step(images, out, logs["skipped"]))
         if (step + 1) % cfg.train.image_every == 0:  # the next step logs a panel of this one
             self._last = (images, out)
         return logs
@@ -225,19 +226,21 @@ class Stage1Trainer:
         self.guard.step(self.opt_g, bad)
         self.guard.record(bad, self.step)
         if self.ema is not None:
-            self.ema.update(self.model, self.step)
+            self.ema.update(self.model, self.step, skip=bad)
         logs = {k: v.detach() for k, v in terms.items()}
         logs.update(loss=total.detach(), grad_norm=grad_norm, perplexity=out["quant"].perplexity, skipped=bad)
         return out, logs
 
     def _codebook_step(self, quant, gen: torch.Generator, bad: Tensor) -> dict[str, Tensor]:
-        """Usage window and dead-code restarts (none on a skipped step: its latents may be nan)."""
-        self.usage.update(quant.ids)
+        """Usage window and dead-code restarts; a skipped step adds no ids (-1 marks an empty
+        slot) and restarts no codes (its latents may be nan)."""
+        self.usage.update(torch.where(bad > 0, -1, quant.ids))
         restarted = self.model.quantizer.restart_dead_codes(quant.latents, gen, allowed=bad == 0)
         return {"codes_restarted": restarted}
 
-    def _discriminator_step(self, images: Tensor, out: dict) -> dict[str, Tensor]:
-        """Both discriminators' update (with lazy R1), skipped on the device if non-finite."""
+    def _discriminator_step(self, images: Tensor, out: dict, g_bad: Tensor) -> dict[str, Tensor]:
+        """Both discriminators' update (with lazy R1), skipped on the device if non-finite or if
+        the generator's update was (its renders are what the discriminators learn from)."""
         cfg = self.cfg
         for p in self.d_params:
             p.requires_grad_(True)
@@ -250,7 +253,7 @@ class Stage1Trainer:
         self.opt_d.zero_grad(set_to_none=True)
         d_total.backward()
         all_reduce_grads(self.d_params)  # every rank, every GAN step: no rank waits alone
-        d_bad = self.guard.flag(d_total)
+        d_bad = torch.maximum(self.guard.flag(d_total), g_bad)
         self.guard.step(self.opt_d, d_bad)
         logs = {k: v.detach() for k, v in d_terms.items()}
         logs["d_skipped"] = d_bad
@@ -297,7 +300,8 @@ class Stage1Trainer:
         self.model.train()
         with RunLogger(self.run_dir, enabled=info.is_main, resume_step=self.step or None) as logger, \
                 RunControl(cfg.train.steps, cfg.train.max_minutes, self.step, cfg.train.max_bad_steps,
-                           show_progress=info.is_main, desc="stage1", sync_every=cfg.train.log_every) as rc:
+                           show_progress=info.is_main, desc="stage1",
+                           sync_every=min(10, cfg.train.log_every)) as rc:
             if info.is_main and self.metric_depth and self.step == 0:
                 rc.write("depth loss: metric (Eq. 2 at s = 1, t = 0 against the synthetic scenes' true "
                          "disparity; loss.depth_target=relative for the paper's Eq. 1-3)")
@@ -334,7 +338,7 @@ class Stage1Trainer:
         """Read the step's scalars on the host (the step's one sync), check for divergence, show
         and write them."""
         values = read_scalars(logs)
-        skipped = self.guard.check()
+        skipped = rc.skipped_steps = self.guard.check()  # the bar shows skipped steps beside the losses
         rc.update(self.step, {k: values[k] for k in ("loss", "mse", "depth") if k in values})
         values = reduce_metrics(values)
         values.update(codebook_usage=self.usage.fraction_used(), skipped_steps=skipped,

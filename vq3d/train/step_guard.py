@@ -8,8 +8,8 @@
 
 Why on the device: a Python `if not torch.isfinite(loss)` waits for the GPU to finish the
 step, and taken by each rank alone it lets one rank skip an update while the others wait for
-it in the gradient all-reduce (a hang). Here the flag is all-reduced (MAX) with the step's
-other collectives, and the update is skipped inside the fused optimizer kernel, which reads
+it in the gradient all-reduce (a hang). Here the flag is all-reduced (MAX, one small
+collective that queues on the device like the others), and the update is skipped inside the fused optimizer kernel, which reads
 `optimizer.found_inf` as it does for `torch.amp.GradScaler`: parameters, moments and the step
 count stay as they were. The counters live on the device and are read only when logging, so a
 diverged run stops at the next log step rather than at once.
@@ -32,19 +32,31 @@ def fused_adamw(params: list, **kwargs) -> torch.optim.AdamW:
 
 def keep_fused(optimizer: torch.optim.Optimizer) -> None:
     """Loading a state dict replaces the param groups' options, and a checkpoint written by a
-    non-fused optimizer would switch the kernel (and the skip) off: switch it back on."""
+    non-fused optimizer would switch the kernel (and the skip) off: switch it back on, with
+    each step count where the fused kernel wants it (fp32, on the parameter's device; a
+    non-fused optimizer keeps it on the CPU)."""
     for group in optimizer.param_groups:
         group["fused"], group["foreach"] = True, None
+        for p in group["params"]:
+            state = optimizer.state.get(p, {})
+            if isinstance(state.get("step"), Tensor):
+                state["step"] = state["step"].to(p.device, torch.float32)
 
 
 class StepGuard:
     """Device-side non-finite detection, skip, and bad-step counters for one run."""
 
-    def __init__(self, device: torch.device, max_bad_steps: int, skipped: int = 0) -> None:
+    def __init__(self, device: torch.device, max_bad_steps: int, skipped: int = 0,
+                 last_finite_step: int = -1) -> None:
         self.max_bad_steps = max_bad_steps
         self.skipped = torch.full((), skipped, dtype=torch.long, device=device)  # over the whole run
         self.bad_in_a_row = torch.zeros((), dtype=torch.long, device=device)
-        self.last_finite_step = torch.full((), -1, dtype=torch.long, device=device)
+        self.last_finite_step = torch.full((), last_finite_step, dtype=torch.long, device=device)
+
+    def state(self) -> dict[str, int]:
+        """The counters to checkpoint (a host read: call when saving)."""
+        skipped, last = torch.stack([self.skipped, self.last_finite_step]).tolist()
+        return {"skipped": int(skipped), "last_finite_step": int(last)}
 
     def flag(self, *values: Tensor) -> Tensor:
         """1.0 (0-d, on the device) if any of `values` holds inf or nan on any rank, else 0.0."""

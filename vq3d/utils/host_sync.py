@@ -32,6 +32,9 @@ _SYNCING = {
     aten.repeat_interleave.Tensor: "repeat_interleave by a tensor (data-dependent size)",
     aten.repeat_interleave.self_Tensor: "repeat_interleave by a tensor (data-dependent size)",
     aten.lift_fresh.default: "a tensor made from host data (a host-to-device copy on a GPU)",
+    aten.equal.default: "torch.equal (a value on the host)",
+    aten.is_nonzero.default: "a tensor's truth value on the host",
+    aten.allclose.default: "torch.allclose (a value on the host)",
 }
 _BOOL_INDEXED = {aten.index.Tensor, aten.index_put.default, aten.index_put_.default}
 
@@ -54,6 +57,8 @@ class HostSyncRecorder(TorchDispatchMode):
 
     def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         why = _SYNCING.get(func)
+        if why is None and func is aten._to_copy.default and _to_host(args, kwargs or {}):
+            why = ".cpu() / .to('cpu') of a device tensor"
         if why is None and func in _BOOL_INDEXED:
             indices = args[1] if len(args) > 1 else []
             if any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in indices or []):
@@ -61,6 +66,13 @@ class HostSyncRecorder(TorchDispatchMode):
         if why is not None:
             self.syncs.append(HostSync(str(func), why, _caller()))
         return func(*args, **(kwargs or {}))
+
+
+def _to_host(args: tuple, kwargs: dict) -> bool:
+    source = args[0] if args else None
+    target = kwargs.get("device")
+    return (isinstance(source, torch.Tensor) and source.device.type != "cpu" and target is not None
+            and torch.device(target).type == "cpu")
 
 
 def _caller() -> str:
