@@ -138,8 +138,9 @@ def test_ray_subsets_then_whole_images_of_a_smaller_batch_once_the_gan_starts(sy
 
 @pytest.mark.parametrize("gan_start", [0, 4])  # 4: the discriminators start after the resume
 def test_resume_continues_the_same_loss_curve(synth, tmp_path, gan_start):
+    # a warm-up of 2 (kept: --set) ends where both plans still agree on the rate (steps 0-2)
     common = ["--preset", "tiny", "--data", str(synth), "--set", "data.num_workers=0",
-              "--set", f"loss.gan_start_steps={gan_start}"]
+              "--set", f"loss.gan_start_steps={gan_start}", "--set", "train.warmup_steps=2"]
     assert main(["train", "stage1", *common, "--out", str(tmp_path / "a"), "--steps", "6"]) == 0
     assert main(["train", "stage1", *common, "--out", str(tmp_path / "b"), "--steps", "3"]) == 0
     assert main(["train", "stage1", "--out", str(tmp_path / "b"), "--resume", "--steps", "6"]) == 0
@@ -332,3 +333,26 @@ def test_metric_depth_target_is_chosen_for_synthetic_data_and_refused_for_relati
         _, relative = generator_losses(*args, step=0)
     assert "scale" not in metric and "scale" in relative  # Eq. 3 is moot at s = 1
     assert metric["depth"] != relative["depth"]
+
+
+def test_steps_scale_the_schedule_shape_and_keep_what_was_set(synth, tmp_path):
+    from vq3d.config import demo
+    from vq3d.train.runs import read_run_config
+    from vq3d.train.schedule import scale_schedule
+
+    cfg = demo()  # 9,200 steps: GAN from 8,740, warm-ups of 100, the s* floor fading over 600
+    scale_schedule(cfg, 16000)
+    f = 16000 / 9200
+    assert (cfg.train.steps, cfg.loss.gan_start_steps) == (16000, round(8740 * f))
+    assert (cfg.train.warmup_steps, cfg.loss.gan_warmup_steps) == (round(100 * f), round(100 * f))
+    assert cfg.loss.depth_scale_floor_steps == round(600 * f)
+    assert cfg.loss.gan_start_steps / cfg.train.steps == pytest.approx(8740 / 9200, abs=1e-4)
+    # through the CLI: --set values are kept, the rest follows --steps (tiny: 20 steps, warm-up 2)
+    run = tmp_path / "r"
+    assert main(["train", "stage1", "--preset", "tiny", "--data", str(synth), "--out", str(run), "--steps", "40",
+                 "--set", "loss.gan_start_steps=30", "--set", "loss.gan_warmup_steps=5"]) == 0
+    saved = read_run_config(run)
+    assert (saved.train.steps, saved.train.warmup_steps) == (40, 4)
+    assert (saved.loss.gan_start_steps, saved.loss.gan_warmup_steps) == (30, 5)
+    assert main(["train", "stage1", "--preset", "tiny", "--data", str(synth), "--out", str(tmp_path / "x"),
+                 "--steps", "5", "--set", "train.steps=7"]) == 2  # one number of steps, not two

@@ -7,15 +7,18 @@ import json
 import sys
 
 from vq3d.cli import add_config_args, config_from_args
+from vq3d.errors import UserError
 
 
 def _run_overrides(args: argparse.Namespace) -> list[str]:
-    """--set overrides plus the shorthand flags, in the form `section.key=value`."""
+    """--set overrides plus the shorthand flags, in the form `section.key=value` (a fresh Stage-1
+    run's --steps is applied by `_scaled_to_steps`; a resumed one keeps its plan and only moves
+    its end)."""
     extra = []
-    if args.steps is not None:
+    if args.steps is not None and (args.section == "stage2" or args.resume):
         extra.append(f"{args.section}.steps={args.steps}")
-        if args.section == "train":  # steps asked for are kept, not fitted to --max-minutes
-            extra.append("train.fit_to_time=false")
+    if args.steps is not None and args.section == "train":
+        extra.append("train.fit_to_time=false")  # steps asked for are kept, not fitted to --max-minutes
     if args.max_minutes is not None:
         extra.append(f"train.max_minutes={args.max_minutes}")
     if getattr(args, "data", None):
@@ -32,7 +35,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     s1.add_argument("--out", required=True, help="run folder (checkpoints, logs, config)")
     s1.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     s1.add_argument("--steps", type=int,
-                    help="total steps (train.steps; kept as given, not fitted to --max-minutes)")
+                    help="total steps: the schedule (GAN start, warm-ups, decay) scaled to them (with "
+                         "--resume: only the end moves); kept as given, not fitted to --max-minutes")
     s1.add_argument("--max-minutes", type=float, help="stop and checkpoint after this long (train.max_minutes)")
     s1.set_defaults(func=_stage1, section="train")
     s2 = stages.add_parser("stage2", help="the autoregressive GPT over Stage-1 tokens")
@@ -52,9 +56,25 @@ def _stage1(args: argparse.Namespace) -> int:
     overrides = _run_overrides(args)
     args.overrides = overrides
     cfg = config_from_args(args)  # on --resume the run's saved config is used instead (plus --set)
+    if args.steps is not None and not args.resume:
+        _scaled_to_steps(cfg, args.steps, args.overrides)
     logs = train_stage1(cfg, args.out, resume=args.resume, overrides=overrides)
     print(json.dumps({k: v for k, v in logs.items()}, default=str), file=sys.stderr)
     return 0
+
+
+def _scaled_to_steps(cfg, steps: int, overrides: list[str]) -> None:
+    """--steps N for Stage 1: the preset's (or config's) schedule shape scaled to N steps, as a
+    run fitted to its minutes does (`vq3d.train.schedule.scale_schedule`); fields given with
+    --set keep their values."""
+    from vq3d.train.schedule import scale_schedule
+
+    if steps < 1:
+        raise UserError(f"--steps {steps}: need at least 1")
+    keep = tuple(item.split("=", 1)[0].strip() for item in overrides if "=" in item)
+    if "train.steps" in keep:
+        raise UserError("give the number of steps once: --steps N or --set train.steps=N")
+    scale_schedule(cfg, steps, keep)
 
 
 def _stage2(args: argparse.Namespace) -> int:

@@ -123,11 +123,12 @@ def generator_losses(
             terms["s_star"] = s.mean()  # Eq. 1's s* against true disparity: 1 for exact geometry
             total = total + c.depth * terms["depth"]
         else:
-            terms["depth"], s, _ = depth_loss(canonical.weights, canonical.sample_disparity, target,
+            terms["depth"], s, t = depth_loss(canonical.weights, canonical.sample_disparity, target,
                                               grad_through_st=c.depth_grad_through_st,
                                               min_scale=scale_floor(c, step))
             terms["scale"] = scale_loss(s, c.small_scale, c.max_scale)
             terms["s_star"] = s.detach().mean()  # the s used (>= the floor while it is on)
+            terms["t_star"] = t.detach().mean()  # Eq. 1's shift: where the scene sits in disparity
             terms["s_floor"] = s.new_full((), scale_floor(c, step))  # on the device: no host copy
             total = total + c.depth * terms["depth"] + c.scale * terms["scale"]
     if c.distortion or c.interlevel:

@@ -52,6 +52,32 @@ def fit_to_time(steps: int, gan_start: int, done: int, step_seconds: float, gan_
     return new_steps, round(gan_start * f)
 
 
+# The fields that, with train.steps, make a Stage-1 schedule's shape: where the GAN starts, the
+# warm-ups (learning rate, GAN weight, the s* floor's fade) as steps. A run fitted to its minutes
+# (`fit_to_time`) or given `--steps N` scales them all by one factor, so its cosine decay, GAN
+# share and warm-ups keep their proportions on any machine and at any length.
+SCHEDULE_SHAPE = (("train", "warmup_steps"), ("loss", "gan_start_steps"), ("loss", "gan_warmup_steps"),
+                  ("loss", "depth_scale_floor_steps"))
+
+
+def scale_schedule(cfg, steps: int, keep: tuple[str, ...] = ()) -> dict[str, int]:
+    """Set `cfg.train.steps` to `steps` and scale every SCHEDULE_SHAPE field by the same factor
+    (rounded; a positive value stays >= 1), except the "section.key" names in `keep` (values a
+    user set, or phases already under way). Returns the new values by "section.key"."""
+    factor = steps / max(1, cfg.train.steps)
+    new = {}
+    for section, key in SCHEDULE_SHAPE:
+        name = f"{section}.{key}"
+        if name in keep:
+            continue
+        value = getattr(getattr(cfg, section), key)
+        scaled = max(1, round(value * factor)) if value > 0 else value
+        setattr(getattr(cfg, section), key, scaled)
+        new[name] = scaled
+    cfg.train.steps = steps
+    return new
+
+
 class FitClock:
     """Times a run's steps and says when to refit its plan to its minutes (`train.fit_to_time`).
 

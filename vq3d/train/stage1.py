@@ -48,7 +48,7 @@ from vq3d.train.logger import RunLogger
 from vq3d.train.panels import stage1_panel
 from vq3d.train.run_control import RunControl
 from vq3d.train.runs import prepare_run
-from vq3d.train.schedule import FitClock, fit_to_time, lr_at, set_lr
+from vq3d.train.schedule import FitClock, fit_to_time, lr_at, scale_schedule, set_lr
 from vq3d.train.step_guard import StepGuard, fused_adamw, keep_fused
 from vq3d.utils.io import atomic_write_json
 
@@ -260,8 +260,9 @@ class Stage1Trainer:
         return logs
 
     def _fit_to_time(self, rc: RunControl, step_seconds: float, in_gan: bool = False) -> None:
-        """Refit train.steps (and, before the GAN, loss.gan_start_steps) to the time left
-        (`train.fit_to_time`): `step_seconds` is the measured mean of the current phase's steps."""
+        """Refit train.steps to the time left and scale the schedule's shape with it (before the
+        GAN; `scale_schedule`) (`train.fit_to_time`): `step_seconds` is the measured mean of the
+        current phase's steps."""
         cfg = self.cfg
         seconds_left = FIT_TIME_SHARE * cfg.train.max_minutes * 60.0 - (time.monotonic() - rc.start_time)
         if in_gan:  # the GAN has started: only the number of steps is left to choose
@@ -277,7 +278,9 @@ class Stage1Trainer:
                      f"{step_seconds:.3f} s per {'GAN ' if in_gan else ''}step: {steps} steps "
                      f"(was {cfg.train.steps}), GAN from step {gan_start} (was {cfg.loss.gan_start_steps})")
         self._fitted = True
-        cfg.train.steps, cfg.loss.gan_start_steps = steps, gan_start
+        # once the GAN runs, its start and warm-up are history; before, the whole shape scales
+        scale_schedule(cfg, steps, keep=("loss.gan_start_steps", "loss.gan_warmup_steps") if in_gan else ())
+        cfg.loss.gan_start_steps = gan_start
         rc.set_total_steps(steps)
         if self.info.is_main:
             save_config(cfg, self.run_dir / "config.yaml")  # a resumed run continues this plan
