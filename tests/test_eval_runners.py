@@ -195,6 +195,7 @@ def test_radius_with_stage2_and_the_cli(runs, features, tmp_path, capsys) -> Non
 def test_eval_stage1_lists_lpips_as_skipped_without_weights(runs) -> None:
     result = evaluate_stage1(runs["s1"], runs["data"], max_scenes=1)
     assert "lpips" not in result and "lpips_vgg_path" in result["skipped"]["lpips"]
+    assert result["object_depth_ratio"] > 0 and result["background_depth_ratio"] > 0  # medians, per scene
 
 
 @pytest.mark.parametrize("args, message", [

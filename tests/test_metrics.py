@@ -182,3 +182,22 @@ def test_ssim_matches_scikit_image_gaussian_ssim() -> None:
         for i in range(2)
     ]
     assert ssim(x, y, reduction="none").numpy() == pytest.approx(expected, abs=1e-5)
+
+
+def test_object_region_is_the_pixels_whose_surface_lies_in_the_ball_and_the_ratio_is_a_median():
+    from vq3d.eval.metrics import object_region, region_depth_ratio
+    from vq3d.render.cameras import canonical_cameras
+
+    origins, dirs = canonical_cameras(1, 1.5, 45.0).rays(24, 24)
+    # a ball of radius 0.4 at the origin in front of a wall 3.0 away: ray-sphere hits by hand
+    b = (origins * dirs).sum(-1)
+    disc = b**2 - ((origins * origins).sum(-1) - 0.4**2)
+    hit = disc > 0
+    t_ball = -b - torch.sqrt(disc.clamp_min(0))
+    true = torch.where(hit, t_ball, torch.full_like(t_ball, 3.0))[:, None]  # (1, 1, H, W)
+    region = object_region(true, origins, dirs, torch.zeros(1, 3), torch.tensor([0.4]))
+    assert torch.equal(region[:, 0], hit)
+    rendered = torch.where(region, 2.0 * true, true)  # the ball twice as far, the wall right
+    assert region_depth_ratio(rendered, true, region).item() == pytest.approx(2.0)
+    assert region_depth_ratio(rendered, true, ~region).item() == pytest.approx(1.0)
+    assert torch.isnan(region_depth_ratio(rendered, true, torch.zeros_like(region))).all()

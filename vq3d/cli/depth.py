@@ -51,11 +51,30 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model-output", default="auto", choices=["auto", "disparity", "depth"],
                    help="what the model predicts (auto: depth for metric models)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g = p.add_argument_group(
+        "estimator-like maps of a synthetic dataset (no model: its true depth, normalized per image, "
+        "distorted by a random monotone gamma, blurred and noised, seeded per scene)")
+    g.add_argument("--estimator-like", action="store_true", help="write them (--data: a `vq3d synth` folder)")
+    g.add_argument("--gamma", type=float, default=1.5, help="exponent drawn in [1/g, g] per image (1: none)")
+    g.add_argument("--blur", type=float, default=0.02, help="Gaussian sigma, a fraction of the side (0: none)")
+    g.add_argument("--noise", type=float, default=0.02, help="std of the additive noise (0: none)")
+    g.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_depth)
 
 
 def _depth(args: argparse.Namespace) -> int:
     from vq3d.data.depth_compute import compute_depth_cache
+
+    if args.estimator_like:
+        from vq3d.data.loader import is_synthetic_root
+        from vq3d.data.pseudo_depth import Corruption, write_estimator_cache
+
+        if not is_synthetic_root(args.data):
+            raise UserError(f"--estimator-like needs a synthetic dataset (`vq3d synth`); {args.data} is not one")
+        corruption = Corruption(args.gamma, args.blur, args.noise, args.seed)
+        written, kept = write_estimator_cache(args.data, args.out, corruption, progress=not args.no_progress)
+        print(f"depth cache {args.out}: {written} written, {kept} already there ({corruption.name})")
+        return 0
 
     report = compute_depth_cache(
         args.data, args.out, model=args.model, resolution=args.res, batch_size=args.batch_size,

@@ -198,7 +198,8 @@ def compute_depth_cache(
     kind = detect_kind(data) if kind == "auto" else kind
     if kind == "synthetic":
         raise UserError(f"{data} is the synthetic dataset: its ground-truth depth is used, no "
-                        "cache is needed (pass --kind flat to estimate depth for it anyway)")
+                        "cache is needed (--estimator-like writes estimator-like maps of it; --kind "
+                        "flat runs the depth model on it anyway)")
     if write_shards and kind != "webdataset":
         raise UserError("--write-shards needs WebDataset shards as --data")
     cache = DepthCache(out, resolution)

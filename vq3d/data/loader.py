@@ -115,7 +115,9 @@ def build_dataset(data: DataConfig, split: str = "train", *, train: bool | None 
             raise UserError(f"synthetic dataset {data.path} does not exist: run `vq3d synth`")
         # its splits are "train" and "test": a validation split reads the test scenes
         return SyntheticDataset(data.path, split="test" if split in ("val", "valid") else split,
-                                novel_views=novel_views, cache_mb=data.cache_mb)
+                                novel_views=novel_views, cache_mb=data.cache_mb,
+                                depth_cache=data.depth_cache or None,
+                                skip_missing_depth=data.skip_missing_depth)
     has_depth = bool(data.depth_cache) or (kind == "webdataset" and data.depth_in_shards)
     if require_depth and not has_depth:
         raise UserError(f"the depth loss needs pseudo-GT depth for {data.path}: run `vq3d depth "
@@ -248,3 +250,5 @@ def write_dataset_info(source: BatchLoader | Dataset, run_dir: str | Path) -> No
         atomic_write_json(run_dir / "class_index.json", {n: i for i, n in enumerate(class_names)})
     bad = source.bad_files if isinstance(source, BatchLoader) else getattr(dataset, "bad_files", {})
     atomic_write_json(run_dir / "bad_files.json", dict(sorted(bad.items())))
+    if hasattr(dataset, "depth_source"):  # synthetic data: which depth targets the run trained on
+        atomic_write_json(run_dir / "dataset_info.json", {"depth_targets": dataset.depth_source})

@@ -19,6 +19,8 @@ import torch
 from PIL import Image, ImageDraw
 from torch import Tensor
 
+from vq3d.data.depth_cache import DepthCache, SourceId, missing_depth_error
+from vq3d.data.raycast import bounding_radius
 from vq3d.data.synthetic_writer import read_card, read_manifest, write_bytes
 from vq3d.errors import UserError
 from vq3d.utils.images import colorize
@@ -34,16 +36,23 @@ class SyntheticDataset(torch.utils.data.Dataset):
       label int (index into `class_names`); index int (scene index)
       novel_images (K, 3, H, W); novel_depths (K, 1, H, W); novel_c2w (K, 4, 4)
       c2w (4, 4) the canonical camera; fov_deg float
+      object_center (3,) and object_radius (a float): the object's bounding ball in the world
     With `novel_views=False` (training, which never looks at them) the novel-view entries are
     left out and their files are not read.
 
     `cache_mb` > 0 keeps each decoded item in memory after its first read when the split's items
     fit in that many MB (each DataLoader worker keeps its own): at 32x32 decoding was ~8% of a
     demo training step, and a run reads every scene ~18 times.
+
+    `depth_cache`: a pseudo-GT disparity cache (e.g. estimator-like maps, `vq3d.data.pseudo_depth`)
+    whose entries replace "disparity" (relative, in [0, 1]), read as photos' are; "depth" stays the
+    truth (for evaluation). Scenes without an entry are an error, or left out with
+    `skip_missing_depth`.
     """
 
     def __init__(self, root: str | Path, split: str | None = None, novel_views: bool = True,
-                 cache_mb: float = 0.0) -> None:
+                 cache_mb: float = 0.0, depth_cache: str | Path | None = None,
+                 skip_missing_depth: bool = False) -> None:
         self.novel_views = novel_views
         if split not in (None, *SPLITS):
             raise UserError(f"split {split!r} is not one of {', '.join(SPLITS)} (or None for every scene)")
@@ -63,6 +72,14 @@ class SyntheticDataset(torch.utils.data.Dataset):
             raise UserError(f"{self.root} has no {which} yet ({len(records)} scenes in all; every "
                             f"{self.card['test_every']}th is a test scene); "
                             "generate more with `vq3d synth --n`")
+        self.depth_cache = DepthCache(depth_cache, self.resolution) if depth_cache else None
+        if self.depth_cache is not None:
+            self.depth_cache.check_readable()
+            missing = set(self.depth_cache.missing([self.source_id(i) for i in range(len(self.records))]))
+            if missing and not skip_missing_depth:
+                keys = [r["image"] for i, r in enumerate(self.records) if self.source_id(i) in missing]
+                raise missing_depth_error(keys, len(self.records), depth_cache, self.root, "scenes")
+            self.records = [r for i, r in enumerate(self.records) if self.source_id(i) not in missing]
         self._cache: dict[int, dict[str, Any]] | None = None
         if cache_mb > 0 and len(self.records) * self.item_bytes() <= cache_mb * 2**20:
             self._cache = {}
@@ -75,6 +92,19 @@ class SyntheticDataset(torch.utils.data.Dataset):
 
     def __len__(self) -> int:
         return len(self.records)
+
+    def source_id(self, i: int) -> SourceId:
+        """The depth-cache key of scene i: its canonical image, by its path under the root."""
+        rel = self.records[i]["image"]
+        return SourceId.of_file(self.root / rel, rel)
+
+    @property
+    def depth_source(self) -> str:
+        """Where "disparity" comes from: the truth or the depth cache's model."""
+        if self.depth_cache is None:
+            return "true disparity (1 / depth)"
+        meta = self.depth_cache.read_meta() or {}
+        return f"depth cache {self.depth_cache.root} ({meta.get('model', 'unknown model')})"
 
     def _path(self, rel: str) -> Path:
         path = self.root / rel
@@ -98,14 +128,19 @@ class SyntheticDataset(torch.utils.data.Dataset):
         record = self.records[i]
         depth = torch.from_numpy(np.load(self._path(record["depth"])))  # (1 + K, H, W) float32
         image = self._image(record["image"])
+        disparity = 1.0 / depth[:1]
+        if self.depth_cache is not None:
+            disparity = torch.from_numpy(self.depth_cache.load(self.source_id(i)))[None]  # (1, R, R)
         item = {
             "image": image,
             "depth": depth[:1],
-            "disparity": 1.0 / depth[:1],
+            "disparity": disparity,
             "label": int(record["label"]),
             "index": int(record["index"]),
             "c2w": torch.tensor(record["c2w"], dtype=torch.float32),
             "fov_deg": float(record["fov_deg"]),
+            "object_center": torch.tensor(record["object"]["center"], dtype=torch.float32),
+            "object_radius": bounding_radius(record["object"]["shape"], record["object"]["params"]),
         }
         if self.novel_views:
             novel = [self._image(rel) for rel in record["novel_images"]]

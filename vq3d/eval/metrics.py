@@ -264,3 +264,24 @@ def depth_at_accumulated_weight(weights: Tensor, sample_disparity: Tensor, far: 
     disparity = sample_disparity.double().gather(-1, first)[..., 0]  # (B, N)
     depth = 1.0 / disparity.clamp_min(1e-12)
     return torch.where(reached.any(dim=-1), depth, torch.full_like(depth, far)).float()
+
+
+def region_depth_ratio(depth: Tensor, true_depth: Tensor, region: Tensor) -> Tensor:
+    """Per image, the median of rendered / true depth over the pixels of `region`.
+
+    depth, true_depth: (B, 1, H, W) ray distances; region: (B, 1, H, W) bool. Returns (B,),
+    nan for an image with no region pixels. 1 means the region sits at its true distance (the
+    relative depth loss leaves it free: Eq. 1's shift t*); 2 means twice as far."""
+    ratio = (depth / true_depth.clamp_min(1e-6)).flatten(1)
+    masked = torch.where(region.flatten(1), ratio, torch.full_like(ratio, float("nan")))
+    return masked.nanmedian(dim=1).values
+
+
+def object_region(true_depth: Tensor, origins: Tensor, dirs: Tensor, centers: Tensor, radii: Tensor) -> Tensor:
+    """Pixels (B, 1, H, W) whose true surface point lies in the object's bounding ball.
+
+    true_depth (B, 1, H, W) ray distance; origins, dirs (B, H, W, 3) the camera's rays (unit
+    directions); centers (B, 3) and radii (B,) of each scene's object."""
+    points = origins + dirs * true_depth.permute(0, 2, 3, 1)  # (B, H, W, 3)
+    distance = (points - centers[:, None, None, :]).norm(dim=-1)
+    return (distance <= radii[:, None, None] * 1.02)[:, None]

@@ -12,6 +12,9 @@ Reported (one JSON object):
 - warp_baseline_psnr: the input image warped to each novel view by the ground-truth depth (what
   exact geometry without inpainting would get; `vq3d.eval.warp`);
 - disparity_scale: mean s* of Eq. 1 against the per-image normalized ground-truth disparity;
+- object_depth_ratio / background_depth_ratio: the median over scenes of each scene's median
+  rendered / true depth over the object's pixels (its true surface point in the object's
+  bounding ball) and over the other pixels (room): 1 is the true distance;
 - codebook_usage: fraction of codes used over the evaluated scenes.
 
 With `panel`, a picture of the first scenes against their ground truth is written as well
@@ -28,7 +31,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from vq3d.errors import UserError
-from vq3d.eval.metrics import depth_accuracy, psnr, ssim
+from vq3d.eval.metrics import depth_accuracy, object_region, psnr, region_depth_ratio, ssim
 from vq3d.eval.warp import warp_to_view
 from vq3d.losses.depth import normalize_disparity, solve_scale_shift
 from vq3d.render.cameras import Cameras
@@ -75,6 +78,8 @@ def evaluate_stage1(run_dir: str | Path, data_path: str | Path, split: str = "te
     lpips = lpips.to(device) if lpips is not None else None
     rows = PanelRows(panel_rows) if panel is not None else None
 
+    ratios: dict[str, list[torch.Tensor]] = {}
+
     def add(name: str, values: torch.Tensor) -> None:
         sums[name] = sums.get(name, 0.0) + float(values.double().sum())
         counts[name] = counts.get(name, 0) + values.numel()
@@ -97,6 +102,11 @@ def evaluate_stage1(run_dir: str | Path, data_path: str | Path, split: str = "te
         target = normalize_disparity(1.0 / gt_depth).flatten(1)
         s, _ = solve_scale_shift(canon.weights, canon.sample_disparity, target)
         add("disparity_scale", s)
+        origins, dirs = model.canonical_cameras(images.shape[0], device).rays(res, res)
+        region = object_region(gt_depth, origins, dirs, batch["object_center"].to(device),
+                               batch["object_radius"].to(device))
+        for name, pixels in (("object_depth_ratio", region), ("background_depth_ratio", ~region)):
+            ratios.setdefault(name, []).append(region_depth_ratio(canon.depth, gt_depth, pixels).cpu())
         novel_images, novel_c2w = batch["novel_images"].to(device), batch["novel_c2w"].to(device)
         shown = [] if rows is not None and not rows.full else None  # novel renders for the panel
         for k in range(novel_images.shape[1]):
@@ -120,6 +130,8 @@ def evaluate_stage1(run_dir: str | Path, data_path: str | Path, split: str = "te
     if rows is not None:
         rows.save(panel)
     metrics = {name: sums[name] / counts[name] for name in sums if counts[name]}
+    for name, parts in ratios.items():  # medians over scenes (a few far-off scenes skew a mean)
+        metrics[name] = float(torch.cat(parts).nanmedian())
     metrics["codebook_usage"] = float(used.float().mean())
     metrics["scenes"] = len(dataset)
     metrics["skipped"] = skipped

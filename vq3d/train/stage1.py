@@ -63,6 +63,11 @@ def uses_metric_depth(cfg: Config) -> bool:
     mode = cfg.loss.depth_target
     if mode == "relative" or not (cfg.loss.depth or cfg.loss.scale):
         return False
+    if cfg.data.depth_cache:  # pseudo-GT from a cache (photos, or estimator-like synthetic maps)
+        if mode == "metric":
+            raise ConfigError("loss.depth_target=metric needs true depth, but data.depth_cache gives "
+                              f"relative pseudo-GT ({cfg.data.depth_cache}): use relative or auto")
+        return False
     try:
         kind = cfg.data.kind if cfg.data.kind != "auto" else detect_kind(cfg.data.path)
     except UserError:
