@@ -119,9 +119,9 @@ def test_ray_subsets_then_whole_images_of_a_smaller_batch_once_the_gan_starts(sy
     rays_per_step = []
     forward = Stage1Model.forward
 
-    def recording_forward(self, images, novel_c2w=None, step=None, generator=None, pixels=None):
+    def recording_forward(self, images, novel_c2w=None, step=None, generator=None, pixels=None, novel_size=None):
         rays_per_step.append((images.shape[0], None if pixels is None else pixels.shape[1]))
-        return forward(self, images, novel_c2w, step, generator, pixels)
+        return forward(self, images, novel_c2w, step, generator, pixels, novel_size)
 
     monkeypatch.setattr(Stage1Model, "forward", recording_forward)
     run = tmp_path / "run"

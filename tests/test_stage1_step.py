@@ -105,3 +105,35 @@ def test_ema_leaves_its_average_alone_on_a_skipped_step():
     assert torch.equal(ema.shadow.weight, shadow)
     ema.update(model, skip=torch.tensor(0.0))
     assert torch.allclose(ema.shadow.weight, 0.5 * shadow + 0.5 * model.weight)
+
+
+def test_an_early_low_resolution_novel_view_gan_runs_before_the_main_one(tmp_path, monkeypatch):
+    from vq3d.models.stage1 import Stage1Model
+
+    sizes = []
+    forward = Stage1Model.forward
+
+    def recording(self, images, novel_c2w=None, step=None, generator=None, pixels=None, novel_size=None):
+        out = forward(self, images, novel_c2w, step, generator, pixels, novel_size)
+        novel = out["novel"]
+        sizes.append((pixels is not None, None if novel is None else tuple(novel.rgb.shape[-2:]),
+                      out["novel_real"] is not None))
+        return out
+
+    monkeypatch.setattr(Stage1Model, "forward", recording)
+    cfg = load_config("tiny", [], OVERRIDES + ["loss.novel_gan_start_steps=1", "loss.novel_gan_resolution=8",
+                                               "loss.gan_start_steps=3", "loss.gan_warmup_steps=0"])
+    trainer = Stage1Trainer(cfg, tmp_path)
+    logs = []
+    with HostSyncRecorder() as recorder:
+        for step in range(4):
+            logs.append(read_scalars(trainer.train_step(_batch(step))))
+            trainer.step += 1
+    assert recorder.syncs == []
+    # step 0: nothing adversarial; 1-2: ray subsets and 8x8 novel views against 8x8 canonical
+    # renders, the novel-view discriminator alone; 3: whole images, both
+    assert sizes == [(True, None, False), (True, (8, 8), True), (True, (8, 8), True), (False, (8, 8), True)]
+    assert "gan_novel" not in logs[0] and "d_novel" not in logs[0]
+    assert "gan_novel" in logs[1] and "d_novel" in logs[1] and "gan_main" not in logs[1] and "d_main" not in logs[1]
+    assert logs[1]["novel_gan_weight"] == pytest.approx(0.1) and logs[1]["gan_weight"] == 0.0
+    assert "gan_main" in logs[3] and "d_main" in logs[3] and "gan_novel" in logs[3]

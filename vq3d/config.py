@@ -103,6 +103,13 @@ class LossConfig:
     gan: float = 0.1  # main and novel-view discriminators (non-saturating)
     gan_start_steps: int = 0  # no discriminators (nor novel renders) before this step
     gan_warmup_steps: int = 0  # then the GAN weight ramps linearly from 0 over these steps
+    # The novel-view discriminator may start earlier than the main one and see smaller renders,
+    # so that its signal (the paper's only one on where the scene sits) acts for longer at a cost
+    # a CPU run can pay: -1 = with the main GAN; 0 resolution = the training resolution. Before
+    # the main GAN the canonical view still renders ray subsets; the novel views and the
+    # canonical views they are compared with render whole at novel_gan_resolution.
+    novel_gan_start_steps: int = -1
+    novel_gan_resolution: int = 0
     vq: float = 1.0
     distortion: float = 0.01  # Mip-NeRF 360
     interlevel: float = 1.0  # Mip-NeRF 360
@@ -117,6 +124,11 @@ class LossConfig:
     # "metric": s = 1, t = 0 against the true disparity of synthetic data (vq3d.losses.depth.
     # metric_depth_loss); Eq. 3 is then moot. "auto": metric on synthetic data, else relative.
     depth_target: Literal["auto", "relative", "metric"] = "relative"
+    # The look-at prior (vq3d/losses/lookat.py; not in the paper, 0 = off): the canonical view's
+    # central pixels rendered at render.camera_distance, the point the novel cameras orbit. It
+    # fixes the shift t* of Eq. 1, which the relative loss leaves free.
+    lookat: float = 0.0
+    lookat_fraction: float = 0.1  # side of the central square, as a fraction of the image's
     r1_gamma: float = 10.0  # lazy R1 penalty on real images
     r1_every: int = 16
     lpips_vgg_path: str = ""  # local VGG16 weights (safetensors or torchvision .pth state dict)

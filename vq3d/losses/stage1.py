@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from vq3d.config import LossConfig, RenderConfig
 from vq3d.losses.depth import depth_loss, metric_depth_loss, normalize_disparity, scale_loss
 from vq3d.losses.gan import discriminator_loss, generator_loss, r1_penalty
+from vq3d.losses.lookat import central_pixels, lookat_loss
 from vq3d.losses.nerf import distortion_loss, interlevel_loss
 from vq3d.losses.reconstruction import LogitLaplaceLoss, mse_loss
 from vq3d.models.quantizer import QuantizerOutput
@@ -61,6 +62,24 @@ def gan_weight(loss_cfg: LossConfig, step: int) -> float:
     return c.gan * min(1.0, (step - c.gan_start_steps + 1) / c.gan_warmup_steps)
 
 
+def novel_gan_start(loss_cfg: LossConfig) -> int:
+    """The step the novel-view discriminator starts at (`loss.novel_gan_start_steps`, or the
+    main GAN's start)."""
+    c = loss_cfg
+    return c.gan_start_steps if c.novel_gan_start_steps < 0 else c.novel_gan_start_steps
+
+
+def novel_gan_weight(loss_cfg: LossConfig, step: int) -> float:
+    """The novel-view GAN's weight: `gan_weight`'s ramp, from the novel-view start."""
+    c = loss_cfg
+    start = novel_gan_start(c)
+    if step < start:
+        return 0.0
+    if c.gan_warmup_steps <= 0:
+        return c.gan
+    return c.gan * min(1.0, (step - start + 1) / c.gan_warmup_steps)
+
+
 def scale_floor(loss_cfg: LossConfig, step: int) -> float:
     """The s* floor of the depth loss at `step`: depth_scale_floor fading linearly to 0."""
     c = loss_cfg
@@ -100,6 +119,7 @@ def generator_losses(
     """
     c = loss_cfg
     rgb = canonical.rgb
+    height, width = images.shape[-2:]
     if pixels is not None:
         images = gather_pixels(images, pixels)
     terms: dict[str, Tensor] = {"mse": mse_loss(rgb, images), "vq": quant.loss}
@@ -131,6 +151,12 @@ def generator_losses(
             terms["t_star"] = t.detach().mean()  # Eq. 1's shift: where the scene sits in disparity
             terms["s_floor"] = s.new_full((), scale_floor(c, step))  # on the device: no host copy
             total = total + c.depth * terms["depth"] + c.scale * terms["scale"]
+    if c.lookat:
+        central = central_pixels(height, width, c.lookat_fraction, images.device)
+        rays = pixels if pixels is not None else torch.arange(height * width, device=images.device)[None]
+        is_central = (rays[..., None] == central).any(-1).expand(rgb.shape[0], -1)  # (B, N), no host sync
+        terms["lookat"] = lookat_loss(canonical.depth.flatten(1), is_central, render_cfg.camera_distance)
+        total = total + c.lookat * terms["lookat"]
     if c.distortion or c.interlevel:
         renders = [canonical] + ([novel] if novel is not None else [])
         regs = [nerf_regularizers(r) for r in renders]
@@ -143,43 +169,51 @@ def generator_losses(
             raise ValueError("the GAN losses need whole images: render every pixel once the GAN is on")
         terms["gan_main"] = generator_loss(d_main(rgb))
         total = total + weight * terms["gan_main"]
-        if novel is not None and d_novel is not None:
-            terms["gan_novel"] = generator_loss(d_novel(with_depth(novel, render_cfg.near)))
-            total = total + weight * terms["gan_novel"]
+    novel_weight = novel_gan_weight(c, step)
+    if novel_weight and novel is not None and d_novel is not None:
+        terms["gan_novel"] = generator_loss(d_novel(with_depth(novel, render_cfg.near)))
+        total = total + novel_weight * terms["gan_novel"]
     terms["gan_weight"] = total.new_full((), weight)
+    if novel_weight != weight:
+        terms["novel_gan_weight"] = total.new_full((), novel_weight)
     return total, terms
 
 
 def discriminator_losses(
     images: Tensor,
-    canonical: RenderOutput,
+    canonical: RenderOutput | None,
     novel: RenderOutput | None,
-    d_main: nn.Module,
+    d_main: nn.Module | None,
     d_novel: nn.Module | None,
     loss_cfg: LossConfig,
     render_cfg: RenderConfig,
     apply_r1: bool,
+    novel_real: RenderOutput | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Both discriminators' non-saturating losses (+ lazy R1 on their real inputs).
 
-    Main: real images vs canonical reconstructions. Novel-view: canonical reconstruction with
-    its depth (detached: the stop-grad) vs novel-view renders with their depth.
+    Main (when `d_main` and `canonical` are given): real images vs canonical reconstructions.
+    Novel-view: canonical reconstruction with its depth (detached: the stop-grad; `novel_real`,
+    a canonical render at the novel views' size, when given) vs novel-view renders with their
+    depth.
     """
     terms: dict[str, Tensor] = {}
-    fake = canonical.rgb.detach()
-    terms["d_main"] = discriminator_loss(d_main(images), d_main(fake))
-    total = terms["d_main"]
+    total = images.new_zeros(())
+    if d_main is not None and canonical is not None:
+        terms["d_main"] = discriminator_loss(d_main(images), d_main(canonical.rgb.detach()))
+        total = total + terms["d_main"]
     real_novel = None
     if novel is not None and d_novel is not None:
-        real_novel = with_depth(canonical, render_cfg.near).detach()
+        real_novel = with_depth(novel_real if novel_real is not None else canonical, render_cfg.near).detach()
         fake_novel = with_depth(novel, render_cfg.near).detach()
         terms["d_novel"] = discriminator_loss(d_novel(real_novel), d_novel(fake_novel))
         total = total + terms["d_novel"]
     if apply_r1 and loss_cfg.r1_gamma > 0:
         # Lazy regularisation (StyleGAN2): every r1_every steps, scaled by r1_every.
         scale = loss_cfg.r1_gamma / 2.0 * loss_cfg.r1_every
-        terms["r1_main"] = r1_penalty(d_main, images)
-        total = total + scale * terms["r1_main"]
+        if "d_main" in terms:
+            terms["r1_main"] = r1_penalty(d_main, images)
+            total = total + scale * terms["r1_main"]
         if real_novel is not None:
             terms["r1_novel"] = r1_penalty(d_novel, real_novel)
             total = total + scale * terms["r1_novel"]

@@ -98,22 +98,31 @@ class Stage1Model(nn.Module):
         return self.render(scene, cameras)
 
     def forward(self, images: Tensor, novel_c2w: Tensor | None = None, step: int | None = None,
-                generator: torch.Generator | None = None, pixels: Tensor | None = None) -> dict:
+                generator: torch.Generator | None = None, pixels: Tensor | None = None,
+                novel_size: int | None = None) -> dict:
         """The training forward pass (one call, so DistributedDataParallel can sync gradients).
 
-        images (B, 3, H, W) in [-1, 1]; novel_c2w (B, 4, 4) novel cameras or None; pixels (B, N)
-        raster indices of the canonical rays to render (None: the whole image).
-        Returns {"quant": QuantizerOutput, "canonical": RenderOutput, "novel": RenderOutput | None}.
+        images (B, 3, H, W) in [-1, 1]; novel_c2w (B, 4, 4) novel cameras or None; pixels (B, N) raster indices of the canonical rays to render (None: the whole
+        image); novel_size: the novel views' side (default: the training resolution).
+        Returns {"quant": QuantizerOutput, "canonical": RenderOutput, "novel": RenderOutput | None,
+        "novel_real": RenderOutput | None}: novel_real is the canonical view at the novel views'
+        size, rendered without gradients (the novel-view discriminator's real side, stop-grad)
+        when the canonical render is not that already.
         """
         quant = self.quantize(images)
         scene = self.decode_codes(quant.codes)
         canonical = self.render(scene, self.canonical_cameras(images.shape[0], images.device), train=True, step=step,
                                 generator=generator, pixels=pixels)
-        novel = None
+        novel = novel_real = None
         if novel_c2w is not None:
-            novel = self.render(scene, Cameras(novel_c2w, self.cfg.render.fov_deg), train=True, step=step,
-                                generator=generator)
-        return {"quant": quant, "canonical": canonical, "novel": novel}
+            size = novel_size or self.resolution
+            novel = self.render(scene, Cameras(novel_c2w, self.cfg.render.fov_deg), size, size, train=True,
+                                step=step, generator=generator)
+            if pixels is not None or size != self.resolution:
+                with torch.no_grad():
+                    novel_real = self.render(scene, self.canonical_cameras(images.shape[0], images.device), size,
+                                             size, train=True, step=step, generator=generator)
+        return {"quant": quant, "canonical": canonical, "novel": novel, "novel_real": novel_real}
 
     # -- helpers --------------------------------------------------------------------------------
 

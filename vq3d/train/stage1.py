@@ -23,9 +23,10 @@ from torch import Tensor, nn
 from vq3d.config import Config, ConfigError, save_config
 from vq3d.data.loader import build_dataset, detect_kind, write_dataset_info
 from vq3d.errors import UserError
+from vq3d.losses.lookat import central_pixels
 from vq3d.losses.perceptual import build_perceptual
 from vq3d.losses.reconstruction import LogitLaplaceLoss
-from vq3d.losses.stage1 import discriminator_losses, generator_losses
+from vq3d.losses.stage1 import discriminator_losses, generator_losses, novel_gan_start
 from vq3d.models.discriminator import Discriminator
 from vq3d.models.quantizer import CodebookUsage
 from vq3d.models.stage1 import Stage1Model
@@ -103,7 +104,8 @@ class Stage1Trainer:
         res = cfg.data.resolution
         self.use_gan = L.gan > 0
         self.d_main = Discriminator(res, 3).to(self.device) if self.use_gan else None
-        self.d_novel = Discriminator(res, 4).to(self.device) if self.use_gan else None
+        self.novel_res = L.novel_gan_resolution or res  # the novel views' side (the discriminator's input)
+        self.d_novel = Discriminator(self.novel_res, 4).to(self.device) if self.use_gan else None
         self.logit_laplace = LogitLaplaceLoss(L.logit_laplace_eps).to(self.device)
         self.perceptual = build_perceptual(L)
         if self.perceptual is not None:
@@ -172,7 +174,10 @@ class Stage1Trainer:
             return None
         # the `rays` largest of uniform noise: distinct pixels, uniformly drawn from the step's
         # generator on the device (topk, not a full argsort: 4x cheaper at 256 images of 256x256)
-        return torch.rand(B, H * W, generator=gen, device=gen.device).topk(rays, dim=1).indices
+        noise = torch.rand(B, H * W, generator=gen, device=gen.device)
+        if self.cfg.loss.lookat:  # the look-at prior reads the central pixels: always render them
+            noise.index_fill_(1, central_pixels(H, W, self.cfg.loss.lookat_fraction, noise.device), 2.0)
+        return noise.topk(rays, dim=1).indices
 
     def train_step(self, batch: dict) -> dict[str, Tensor | float]:
         """One generator and one discriminator update. Returns the step's scalars as 0-d device
@@ -188,39 +193,41 @@ class Stage1Trainer:
         # the step's randomness (jitter, ray subsets, novel cameras, code restarts), on its device
         gen = torch.Generator(device=self.device).manual_seed(
             cfg.train.seed * 1_000_003 + step * 97 + self.info.rank)
-        # Novel views feed only the novel-view discriminator, so they are rendered (and both
-        # discriminators trained) only once the GAN has started.
+        # Novel views feed only the novel-view discriminator, so they are rendered (and the
+        # discriminators trained) only once it has started (`loss.novel_gan_start_steps`; by
+        # default with the main GAN, which needs whole canonical images).
         gan_active = self.use_gan and step >= cfg.loss.gan_start_steps
+        novel_active = self.use_gan and step >= novel_gan_start(cfg.loss)
         if gan_active and cfg.train.gan_batch_size > 0:
             keep = max(1, cfg.train.gan_batch_size // self.info.world_size)
             images = images[:keep]
             disparity = disparity[:keep] if disparity is not None else None
-        out, logs = self._generator_step(images, disparity, gan_active, gen)
+        out, logs = self._generator_step(images, disparity, gan_active, novel_active, gen)
         logs["lr"] = lr
         logs.update(self._codebook_step(out["quant"], gen, logs["skipped"]))
-        if gan_active:
-            logs.update(self._discriminator_step(images, out, logs["skipped"]))
+        if novel_active or gan_active:
+            logs.update(self._discriminator_step(images, out, gan_active, logs["skipped"]))
         if (step + 1) % cfg.train.image_every == 0:  # the next step logs a panel of this one
             self._last = (images, out)
         return logs
 
-    def _generator_step(self, images: Tensor, disparity: Tensor | None, gan_active: bool,
+    def _generator_step(self, images: Tensor, disparity: Tensor | None, gan_active: bool, novel_active: bool,
                         gen: torch.Generator) -> tuple[dict, dict[str, Tensor]]:
         """Forward, Eq. 4 and the autoencoder's update (skipped on the device if non-finite)."""
         cfg, r = self.cfg, self.cfg.render
         novel_c2w = None
-        if gan_active:
+        if novel_active:
             novel_c2w = sample_novel_cameras(images.shape[0], r.camera_distance, r.fov_deg, r.sampling_radius,
                                              gen).c2w
         pixels = self._ray_subset(images, gan_active, gen)
         for p in self.d_params:
             p.requires_grad_(False)
         with self.autocast:
-            out = self.forward(images, novel_c2w, self.step, gen, pixels)
+            out = self.forward(images, novel_c2w, self.step, gen, pixels, self.novel_res)
             total, terms = generator_losses(
                 images, disparity, out["quant"], out["canonical"], out["novel"], cfg.loss, r,
-                self.logit_laplace, self.perceptual, self.d_main, self.d_novel if out["novel"] else None,
-                self.step, pixels, metric_depth=self.metric_depth)
+                self.logit_laplace, self.perceptual, self.d_main if gan_active else None,
+                self.d_novel if out["novel"] else None, self.step, pixels, metric_depth=self.metric_depth)
         self.opt_g.zero_grad(set_to_none=True)
         total.backward()
         all_reduce_grads(list(self.logit_laplace.parameters()))
@@ -243,7 +250,7 @@ class Stage1Trainer:
         restarted = self.model.quantizer.restart_dead_codes(quant.latents, gen, allowed=bad == 0)
         return {"codes_restarted": restarted}
 
-    def _discriminator_step(self, images: Tensor, out: dict, g_bad: Tensor) -> dict[str, Tensor]:
+    def _discriminator_step(self, images: Tensor, out: dict, gan_active: bool, g_bad: Tensor) -> dict[str, Tensor]:
         """Both discriminators' update (with lazy R1), skipped on the device if non-finite or if
         the generator's update was (its renders are what the discriminators learn from)."""
         cfg = self.cfg
@@ -253,8 +260,9 @@ class Stage1Trainer:
                                  cfg.train.min_lr_ratio))
         apply_r1 = cfg.loss.r1_every > 0 and self.step % cfg.loss.r1_every == 0
         with self.autocast:
-            d_total, d_terms = discriminator_losses(images, out["canonical"], out["novel"], self.d_main,
-                                                    self.d_novel, cfg.loss, cfg.render, apply_r1)
+            d_total, d_terms = discriminator_losses(
+                images, out["canonical"] if gan_active else None, out["novel"], self.d_main if gan_active else None,
+                self.d_novel, cfg.loss, cfg.render, apply_r1, novel_real=out["novel_real"])
         self.opt_d.zero_grad(set_to_none=True)
         d_total.backward()
         all_reduce_grads(self.d_params)  # every rank, every GAN step: no rank waits alone

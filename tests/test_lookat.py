@@ -1,0 +1,70 @@
+"""The look-at prior (vq3d.losses.lookat): its value against a hand computation on a rendered
+sphere, its central square, and that it is off, with the ray subset untouched, when its switch is."""
+
+import math
+
+import pytest
+import torch
+
+from vq3d.config import RenderConfig, load_config
+from vq3d.losses.lookat import central_pixels, lookat_loss
+from vq3d.render.cameras import canonical_cameras
+from vq3d.render.renderer import Renderer
+from vq3d.train.stage1 import Stage1Trainer, read_scalars
+
+
+def test_central_pixels_are_the_middle_square():
+    assert central_pixels(5, 5, 0.2).tolist() == [12]  # one pixel: the centre of 5x5
+    assert central_pixels(4, 6, 0.5).tolist() == [7, 8, 9, 13, 14, 15]  # 2x3 around the middle
+    assert central_pixels(32, 32, 0.1).numel() == 9
+
+
+def test_the_prior_on_a_rendered_sphere_equals_the_log_ratio_of_its_depth():
+    # a dense sphere of radius 0.4 at the origin, seen from 1.5: the central rays hit at ~1.1
+    cfg = RenderConfig(proposal_samples=(64,), nerf_samples=64, near=0.2, far=6.0, mlp_layers=1)
+    renderer = Renderer(cfg, feature_dim=1)
+    r = 64
+    centres = -2.0 + 4.0 * (torch.arange(r) + 0.5) / r
+    planes = torch.zeros(1, 3, 1, r, r)
+    planes[:, :, 0] = (centres**2).view(1, 1, r)  # summed: |x|^2
+    with torch.no_grad():
+        for mlp in (renderer.proposal_mlp, renderer.nerf_mlp):
+            mlp.linears[0].weight.zero_()
+            mlp.linears[0].bias.zero_()
+            mlp.linears[0].weight[0, 0] = -20000.0
+            mlp.linears[0].bias[0] = 20000.0 * 0.4**2 + 1.0
+        out = renderer.render_cameras(planes, canonical_cameras(1, 1.5, 45.0), 31, 31)
+    central = torch.zeros(1, 31 * 31, dtype=torch.bool)
+    central[0, central_pixels(31, 31, 0.1)] = True
+    # by hand: the central 3x3 rays' distance to the sphere, their mean, the squared log ratio
+    origins, dirs = canonical_cameras(1, 1.5, 45.0).rays(31, 31)
+    o, d = origins.reshape(-1, 3)[central[0]], dirs.reshape(-1, 3)[central[0]]
+    b = (o * d).sum(-1)
+    hit = -b - torch.sqrt(b**2 - ((o * o).sum(-1) - 0.4**2))
+    expected = abs(math.log(float(hit.mean()) / 1.5))
+    # the render finds the surface within its samples' spacing: 1.5% of the depth here
+    assert math.sqrt(float(lookat_loss(out.depth.flatten(1), central, 1.5))) == pytest.approx(expected, abs=0.015)
+    assert float(lookat_loss(torch.full((2, 4), 3.0), torch.ones(2, 4, dtype=torch.bool), 1.5)) == pytest.approx(
+        math.log(2.0) ** 2)
+
+
+def _one_step(tmp_path, lookat: float):
+    cfg = load_config("tiny", [], ["train.device=cpu", "render.train_rays=16", "loss.gan_start_steps=100",
+                                   f"loss.lookat={lookat}", "loss.lookat_fraction=0.25"])
+    trainer = Stage1Trainer(cfg, tmp_path)
+    g = torch.Generator().manual_seed(0)
+    batch = {"image": torch.rand(2, 3, 16, 16, generator=g) * 2 - 1, "disparity": torch.rand(2, 1, 16, 16, generator=g)}
+    subset = trainer._ray_subset(batch["image"], False, torch.Generator().manual_seed(5))
+    return read_scalars(trainer.train_step(batch)), subset
+
+
+def test_the_prior_is_off_by_default_and_on_only_with_its_switch(tmp_path):
+    assert load_config("demo").loss.lookat == 0.0 and load_config("paper").loss.lookat == 0.0
+    off, subset_off = _one_step(tmp_path / "off", 0.0)
+    on, subset_on = _one_step(tmp_path / "on", 0.5)
+    assert "lookat" not in off and on["lookat"] > 0
+    # off: the ray subset is the plain uniform draw; on: it always holds the central square
+    plain = torch.rand(2, 256, generator=torch.Generator().manual_seed(5)).topk(16, dim=1).indices
+    assert torch.equal(subset_off, plain)
+    central = central_pixels(16, 16, 0.25)
+    assert all(set(central.tolist()) <= set(row.tolist()) for row in subset_on)
