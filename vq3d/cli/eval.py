@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 import math
 import os
 import sys
@@ -143,6 +144,32 @@ def register(sub: argparse._SubParsersAction) -> None:
     _weights(rad)
     _common(rad)
     rad.set_defaults(func=_radius)
+
+    t3 = kinds.add_parser("table3", help="the paper's Table 3 ablations under its relative depth loss, "
+                                         "trained and scored on the synthetic benchmark")
+    t3.add_argument("--data", required=True, help="synthetic dataset to train on")
+    t3.add_argument("--eval-data", required=True, help="synthetic dataset whose held-out scenes score the rows "
+                                                        "(another seed for a fair test)")
+    t3.add_argument("--steps", type=int, required=True, help="steps per row (the demo preset's schedule scaled)")
+    t3.add_argument("--out", required=True, help="folder of the rows' runs, table3.md and table3.json")
+    t3.add_argument("--set", dest="base", action="append", default=[], metavar="KEY=VALUE",
+                    help="the full model's settings beyond the demo preset (e.g. data.depth_cache=...)")
+    t3.add_argument("--features", help="domain feature net (vq3d eval train-features): the FID-like column")
+    t3.add_argument("--rows", help="comma-separated subset of: full, no_gan, no_scale, no_nerf_losses, "
+                                   "no_depth, no_triplanes, cnn")
+    t3.add_argument("--jobs", type=int, default=1, help="rows trained at once (the cores are shared)")
+    t3.add_argument("--preset", default="demo", help="the preset every row starts from")
+    t3.set_defaults(func=_table3)
+
+
+def _table3(args: argparse.Namespace) -> int:
+    from vq3d.eval.table3 import table3
+
+    rows = [r.strip() for r in args.rows.split(",")] if args.rows else None
+    table3(args.out, args.data, args.eval_data, args.steps, args.base, args.features, rows, args.jobs,
+           preset=args.preset)
+    print((Path(args.out) / "table3.md").read_text())
+    return 0
 
 
 def _stage1(args: argparse.Namespace) -> int:
