@@ -6,6 +6,7 @@ import torch
 
 from vq3d.config import load_config
 from vq3d.train.run_control import NonFiniteLossError
+from vq3d.train.panels import stage1_panel
 from vq3d.train.stage1 import Stage1Trainer, read_scalars
 from vq3d.utils.host_sync import HostSyncRecorder
 
@@ -122,7 +123,8 @@ def test_an_early_low_resolution_novel_view_gan_runs_before_the_main_one(tmp_pat
 
     monkeypatch.setattr(Stage1Model, "forward", recording)
     cfg = load_config("tiny", [], OVERRIDES + ["loss.novel_gan_start_steps=1", "loss.novel_gan_resolution=8",
-                                               "loss.gan_start_steps=3", "loss.gan_warmup_steps=0"])
+                                               "loss.gan_start_steps=3", "loss.gan_warmup_steps=0",
+                                               "train.image_every=2"])
     trainer = Stage1Trainer(cfg, tmp_path)
     logs = []
     with HostSyncRecorder() as recorder:
@@ -137,3 +139,5 @@ def test_an_early_low_resolution_novel_view_gan_runs_before_the_main_one(tmp_pat
     assert "gan_novel" in logs[1] and "d_novel" in logs[1] and "gan_main" not in logs[1] and "d_main" not in logs[1]
     assert logs[1]["novel_gan_weight"] == pytest.approx(0.1) and logs[1]["gan_weight"] == 0.0
     assert "gan_main" in logs[3] and "d_main" in logs[3] and "gan_novel" in logs[3]
+    panel = stage1_panel(trainer.model, *trainer._last, cfg)  # the log picture shows 8x8 views at 16x16
+    assert panel.shape[0] == 3 and panel.shape[-1] >= 5 * 16

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from vq3d.config import Config
@@ -20,7 +21,9 @@ def stage1_panel(model, images: Tensor, out: dict, cfg: Config, rows: int = 4) -
         canonical = model.reconstruct(images[:n])
         model.train(was_training)
     columns = [to_unit(images[:n]), to_unit(canonical.rgb[:n].float()), colorize(canonical.disparity[:n].float())]
-    if novel is not None:
-        columns += [to_unit(novel.rgb[:n].float()), colorize(novel.disparity[:n].float())]
+    if novel is not None:  # novel views may be smaller (loss.novel_gan_resolution): shown at full size
+        size = images.shape[-2:]
+        columns += [F.interpolate(to_unit(novel.rgb[:n].float()), size=size, mode="nearest"),
+                    F.interpolate(colorize(novel.disparity[:n].float()), size=size, mode="nearest")]
     tiles = torch.stack([c.cpu() for c in columns], dim=1).flatten(0, 1)  # (n * cols, 3, H, W)
     return grid(tiles, rows=n)
