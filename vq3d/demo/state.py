@@ -35,6 +35,11 @@ class DemoLayout:
         return self.root / "data"
 
     @property
+    def depth(self) -> Path:
+        """Estimator-like pseudo-GT disparity of the synthetic scenes (a depth cache)."""
+        return self.root / "depth"
+
+    @property
     def contact_sheet(self) -> Path:
         return self.root / "contact_sheet.png"
 

@@ -26,6 +26,15 @@ def record_spent(layout: DemoLayout, name: str, elapsed: float) -> None:
         atomic_write_json(layout.partial(name), partial)
 
 
+def _estimator_depth(layout: DemoLayout, seed: int) -> str:
+    """Write (or complete) the estimator-like depth cache of the demo's scenes; its command."""
+    from vq3d.data.pseudo_depth import Corruption, write_estimator_cache
+
+    write_estimator_cache(layout.data, layout.depth, Corruption(seed=seed), progress=False)
+    return (f"vq3d depth --data {shell_quote(layout.data)} --out {shell_quote(layout.depth)} --estimator-like "
+            f"--seed {seed}")
+
+
 def train_stage(layout: DemoLayout, name: str, seconds: float, settings: dict[str, Any],
                 sets: list[str]) -> tuple[dict[str, Any], list[str]]:
     """Train `name` ("stage1" or "stage2") for `seconds` (and the settings' steps, if any).
@@ -45,6 +54,10 @@ def train_stage(layout: DemoLayout, name: str, seconds: float, settings: dict[st
         steps = (read_json(layout.partial(name)) or {}).get("steps")
     resume = run.is_dir() and latest_checkpoint(run) is not None
     step_arg = f" --steps {steps}" if steps is not None else ""
+    depth_commands = []
+    if name == "stage1":  # Stage 1 trains on estimator-like relative depth, as it would on photos
+        depth_commands = [_estimator_depth(layout, s["seed"])]
+        sets = [*sets, f"data.depth_cache={layout.depth}"]
     run_sets = [f"train.max_minutes={minutes:.3f}"]
     run_sets += [f"{STAGE_SECTION[name]}.steps={steps}"] if steps is not None else []
     run_sets += ["train.fit_to_time=false"] if name == "stage1" and steps is not None else []
@@ -62,7 +75,7 @@ def train_stage(layout: DemoLayout, name: str, seconds: float, settings: dict[st
     # a resumed run reads its saved config and applies only `run_sets` on top
     cfg = load_config(s["preset"], s["config_files"], [*sets, f"data.path={layout.data}", *run_sets])
     partial = read_json(layout.partial(name))
-    partial["commands"] = partial["commands"] + [command]
+    partial["commands"] = partial["commands"] + [c for c in depth_commands if c not in partial["commands"]] + [command]
     atomic_write_json(layout.partial(name), partial)
     if name == "stage1":
         from vq3d.train.stage1 import train_stage1

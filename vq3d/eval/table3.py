@@ -32,7 +32,7 @@ ROWS: dict[str, tuple[list[str], float | None, float | None, float | None]] = {
     "no_gan": (["loss.gan=0"], 10.6, 0.22, 1.27),
     "no_scale": (["loss.scale=0"], 9.4, 0.23, 1.21),
     "no_nerf_losses": (["loss.distortion=0", "loss.interlevel=0"], 9.2, 0.28, 4.88),
-    "no_depth": (["loss.depth=0", "loss.scale=0"], 4.0, 1.91, 0.61),
+    "no_depth": (["loss.depth=0", "loss.scale=0", "loss.lookat=0"], 4.0, 1.91, 0.61),  # no depth signal at all
     "no_triplanes": (["model.representation=implicit"], 274.0, 1.00, 2.15),
     "cnn": (["model.backbone=cnn"], None, None, None),  # the paper: training diverges
 }
@@ -82,7 +82,7 @@ def run_row(row: str, out: Path, data: str, eval_data: str, steps: int, base: li
         if not gen_json.is_file():
             _run([*vq3d, "eval", "generation", "--stage1", str(run), "--data", eval_data, "--features", features,
                   "--n", str(n_fd), "--no-progress", "--json"], log, threads, gen_json)
-        metrics["s1_fd_domain"] = json.loads(gen_json.read_text()).get("s1_fd_domain")
+        metrics["s1_fd_domain"] = json.loads(gen_json.read_text()).get("s1_fd_domain_canonical")
     metrics["train_minutes"] = round(train_s / 60, 1)
     return metrics
 
