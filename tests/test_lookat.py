@@ -58,8 +58,8 @@ def _one_step(tmp_path, lookat: float):
     return read_scalars(trainer.train_step(batch)), subset
 
 
-def test_the_prior_is_off_by_default_and_on_only_with_its_switch(tmp_path):
-    assert load_config("demo").loss.lookat == 0.0 and load_config("paper").loss.lookat == 0.0
+def test_the_prior_is_off_in_the_paper_preset_and_on_only_with_its_switch(tmp_path):
+    assert load_config("paper").loss.lookat == 0.0 and load_config("tiny").loss.lookat == 0.0  # paper-exact
     off, subset_off = _one_step(tmp_path / "off", 0.0)
     on, subset_on = _one_step(tmp_path / "on", 0.5)
     assert "lookat" not in off and on["lookat"] > 0
