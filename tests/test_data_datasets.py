@@ -234,9 +234,11 @@ def test_synthetic_folder_dispatches_to_the_synthetic_dataset(tmp_path, monkeypa
     created = []
 
     class FakeSynthetic:
-        def __init__(self, root, split="train", novel_views=True, cache_mb=0.0):
+        def __init__(self, root, split="train", novel_views=True, cache_mb=0.0,
+                     depth_cache=None, skip_missing_depth=False):
             created.append((str(root), split, novel_views))
             self.cache_mb = cache_mb
+            self.depth_cache = depth_cache
 
     module = types.ModuleType("vq3d.data.synthetic_dataset")
     module.SyntheticDataset = FakeSynthetic
@@ -253,6 +255,10 @@ def test_synthetic_folder_dispatches_to_the_synthetic_dataset(tmp_path, monkeypa
     cfg.cache_mb = 12.0
     dataset = build_dataset(cfg, split="train", novel_views=False)  # what training asks for
     assert created[-1] == (str(root), "train", False) and dataset.cache_mb == 12.0
+    assert dataset.depth_cache is None  # synthetic data needs no cache...
+    cfg.depth_cache = str(tmp_path / "est")
+    dataset = build_dataset(cfg, split="train")  # ...but reads estimator-like targets from one
+    assert dataset.depth_cache == str(tmp_path / "est")
 
 
 def test_split_folders_are_used_when_present(tmp_path):
