@@ -6,8 +6,8 @@ import math
 import pytest
 import torch
 
-from vq3d.config import RenderConfig, load_config
-from vq3d.losses.lookat import central_pixels, lookat_loss
+from vq3d.config import ConfigError, RenderConfig, load_config
+from vq3d.losses.lookat import central_pixels, exact_lookat_depth, lookat_loss
 from vq3d.render.cameras import canonical_cameras
 from vq3d.render.renderer import Renderer
 from vq3d.train.stage1 import Stage1Trainer, read_scalars
@@ -48,9 +48,10 @@ def test_the_prior_on_a_rendered_sphere_equals_the_log_ratio_of_its_depth():
         math.log(2.0) ** 2)
 
 
-def _one_step(tmp_path, lookat: float):
+def _one_step(tmp_path, lookat: float, lookat_depth: float = 1.0):
     cfg = load_config("tiny", [], ["train.device=cpu", "render.train_rays=16", "loss.gan_start_steps=100",
-                                   f"loss.lookat={lookat}", "loss.lookat_fraction=0.25"])
+                                   f"loss.lookat={lookat}", "loss.lookat_fraction=0.25",
+                                   f"loss.lookat_depth={lookat_depth}"])
     trainer = Stage1Trainer(cfg, tmp_path)
     g = torch.Generator().manual_seed(0)
     batch = {"image": torch.rand(2, 3, 16, 16, generator=g) * 2 - 1, "disparity": torch.rand(2, 1, 16, 16, generator=g)}
@@ -68,3 +69,27 @@ def test_the_prior_is_off_in_the_paper_preset_and_on_only_with_its_switch(tmp_pa
     assert torch.equal(subset_off, plain)
     central = central_pixels(16, 16, 0.25)
     assert all(set(central.tolist()) <= set(row.tolist()) for row in subset_on)
+
+
+def test_exact_lookat_depth_is_the_minimizer_of_the_prior_over_true_depth():
+    g = torch.Generator().manual_seed(3)
+    true_depth = 1.0 + torch.rand(6, 10, 10, generator=g)  # (B, H, W) ray distances
+    central = torch.zeros(6, 100, dtype=torch.bool)
+    central[:, central_pixels(10, 10, 0.3)] = True
+    x = exact_lookat_depth(true_depth, 0.3, 1.5)
+    # independent: scan the prior's value over candidate targets and take the least
+    grid = torch.linspace(0.5, 1.5, 2001)
+    values = torch.stack([lookat_loss(true_depth.flatten(1), central, float(v) * 1.5) for v in grid])
+    assert x == pytest.approx(float(grid[values.argmin()]), abs=1e-3)
+    assert 1.0 / 1.5 < x < 2.0 / 1.5
+
+
+def test_lookat_depth_moves_the_prior_target(tmp_path):
+    # L(x) = mean_b (log(m_b / c) - log x)^2 for the same first render m_b, so whatever m_b is,
+    # L(1/2) + L(2) - 2 L(1) = 2 (log 2)^2: the target is x times the camera distance
+    values = {x: _one_step(tmp_path / str(x), 1.0, x)[0]["lookat"] for x in (0.5, 1.0, 2.0)}
+    assert values[0.5] + values[2.0] - 2 * values[1.0] == pytest.approx(2 * math.log(2.0) ** 2, rel=1e-4)
+    cfg = load_config("tiny", [], ["train.device=cpu", "loss.lookat=1", "loss.lookat_depth=0"])
+    with pytest.raises(ConfigError, match="lookat_depth"):
+        Stage1Trainer(cfg, tmp_path)
+    assert load_config("tiny").loss.lookat_depth == 1.0  # the orbit's centre unless set

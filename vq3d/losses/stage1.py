@@ -155,7 +155,8 @@ def generator_losses(
         central = central_pixels(height, width, c.lookat_fraction, images.device)
         rays = pixels if pixels is not None else torch.arange(height * width, device=images.device)[None]
         is_central = (rays[..., None] == central).any(-1).expand(rgb.shape[0], -1)  # (B, N), no host sync
-        terms["lookat"] = lookat_loss(canonical.depth.flatten(1), is_central, render_cfg.camera_distance)
+        terms["lookat"] = lookat_loss(canonical.depth.flatten(1), is_central,
+                                      c.lookat_depth * render_cfg.camera_distance)
         total = total + c.lookat * terms["lookat"]
     if c.distortion or c.interlevel:
         renders = [canonical] + ([novel] if novel is not None else [])

@@ -99,6 +99,9 @@ class Stage1Trainer:
                               f"and train.batch_size ({t.batch_size})")
         if cfg.render.train_rays < 0:
             raise ConfigError(f"render.train_rays {cfg.render.train_rays} must be >= 0 (0 = every pixel)")
+        if L.lookat and not (L.lookat_depth > 0 and 0 < L.lookat_fraction <= 1):
+            raise ConfigError(f"loss.lookat_depth {L.lookat_depth} must be > 0 and loss.lookat_fraction "
+                              f"{L.lookat_fraction} in (0, 1]")
         self.metric_depth = uses_metric_depth(cfg)
         self.model = Stage1Model(cfg).to(self.device)
         res = cfg.data.resolution
