@@ -198,6 +198,15 @@ def test_eval_stage1_lists_lpips_as_skipped_without_weights(runs) -> None:
     assert result["object_depth_ratio"] > 0 and result["background_depth_ratio"] > 0  # medians, per scene
 
 
+def test_eval_stage1_split_help_and_behaviour_agree(runs, capsys) -> None:
+    counts = {split: evaluate_stage1(runs["s1"], runs["data"], split=split)["scenes"] for split in ("test", "train", "all")}
+    assert counts == {"test": 2, "train": 18, "all": 20}  # the fixture's 18 train / 2 test scenes
+    with pytest.raises(SystemExit) as exit_info:  # argparse refuses what the help does not offer
+        main(["eval", "stage1", "--run", str(runs["s1"]), "--data", str(runs["data"]), "--split", "val"])
+    assert exit_info.value.code == 2
+    assert "invalid choice: 'val'" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("args, message", [
     (["radius", "--radii", "0,x", "--out", "o"], "--radii"),
     (["radius", "--radii", "", "--out", "o"], "--radii"),

@@ -89,7 +89,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     s1 = kinds.add_parser("stage1", help="Stage 1 on held-out synthetic scenes vs ground truth")
     s1.add_argument("--run", required=True, help="Stage-1 run folder")
     s1.add_argument("--data", required=True, help="synthetic dataset folder (vq3d synth)")
-    s1.add_argument("--split", default="test", help="test (held-out scenes), train or all")
+    s1.add_argument("--split", default="test", choices=("test", "train", "all"),
+                    help="test (held-out scenes, default), train, or all scenes")
     s1.add_argument("--max-scenes", type=int, default=0, help="evaluate at most this many scenes (0 = all)")
     s1.add_argument("--no-ema", action="store_true", help="use the raw weights even when EMA weights exist")
     s1.add_argument("--lpips-vgg", help="VGG16 weights for LPIPS (default: the run's loss.lpips_vgg_path)")

@@ -46,11 +46,12 @@ class Means:
 
 def eval_dataset(cfg: Config, data_path: str | Path, split: str):
     """The images of `data_path` (its `split`) as the Stage-1 run saw them: its resolution and
-    crop, no flips, no depth cache (evaluation never needs the training pseudo-GT)."""
+    crop, no flips, no depth cache (evaluation never needs the training pseudo-GT). Split "all":
+    every scene of a synthetic dataset."""
     from vq3d.data.loader import build_dataset
 
     data = replace(cfg.data, path=str(data_path), kind="auto", hflip=False, depth_cache="", depth_in_shards=False)
-    dataset = build_dataset(data, split, train=False)
+    dataset = build_dataset(data, None if split == "all" else split, train=False)
     if getattr(dataset, "resolution", cfg.data.resolution) != cfg.data.resolution:
         raise UserError(f"{data_path} is {dataset.resolution}px but the Stage-1 model was trained at "
                         f"{cfg.data.resolution}px: make the dataset at that resolution")

@@ -43,7 +43,8 @@ def evaluate_stage1(run_dir: str | Path, data_path: str | Path, split: str = "te
                     batch_size: int = 16, device: str = "cpu", use_ema: bool = True,
                     lpips_vgg: str | None = None, lpips_lin: str | None = None,
                     panel: str | Path | None = None, panel_rows: int = 6) -> dict[str, Any]:
-    """Metrics of the run's Stage-1 model on a synthetic dataset's `split` (see module docstring).
+    """Metrics of the run's Stage-1 model on a synthetic dataset's `split` (test, train or all; see
+    the module docstring).
 
     LPIPS weights: `lpips_vgg` / `lpips_lin`, else the run's loss.lpips_vgg_path / lpips_lin_path.
     `panel`: also write a PNG of the first `panel_rows` scenes (input, reconstruction, depth and
@@ -61,7 +62,7 @@ def evaluate_stage1(run_dir: str | Path, data_path: str | Path, split: str = "te
         raise UserError(f"{data_path} is not a synthetic dataset: `eval stage1` needs ground-truth "
                         "depth and novel views (make one with `vq3d synth`)")
     model, cfg = load_stage1(run_dir, device, use_ema=use_ema)
-    dataset = SyntheticDataset(data_path, split=split)
+    dataset = SyntheticDataset(data_path, split=None if split == "all" else split)
     if len(dataset) == 0:
         raise UserError(f"the '{split}' split of {data_path} is empty")
     if max_scenes:
