@@ -321,7 +321,7 @@ def test_line_chart_maps_values_monotonically_and_drops_gaps():
 def test_stage2_steps_are_fitted_to_its_budget_once(tmp_path):
     """A budget too short for the preset's steps gets fewer (so the cosine decay ends), and a rerun
     keeps them; a roomy budget keeps the preset's."""
-    from vq3d.demo.plan import FIT_MARGIN, fitted_steps
+    from vq3d.train.planner import FIT_MARGIN, fitted_steps
 
     assert fitted_steps(3000, 100.0, 0.1) == int(100.0 * FIT_MARGIN / 0.1) < 3000
     assert fitted_steps(3000, 1e6, 0.1) == 3000 and fitted_steps(3000, 1.0, 0.1) == 50

@@ -338,7 +338,7 @@ def test_metric_depth_target_is_chosen_for_synthetic_data_and_refused_for_relati
 def test_steps_scale_the_schedule_shape_and_keep_what_was_set(synth, tmp_path):
     from vq3d.config import demo
     from vq3d.train.runs import read_run_config
-    from vq3d.train.schedule import scale_schedule
+    from vq3d.train.planner import scale_schedule
 
     cfg = demo()  # 9,200 steps: GAN from 8,740, warm-ups of 100, the s* floor fading over 600
     scale_schedule(cfg, 16000)

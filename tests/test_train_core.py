@@ -23,7 +23,8 @@ from vq3d.train.checkpoint import (
 )
 from vq3d.train.ema import EMA
 from vq3d.train.sampler import ResumableBatchSampler
-from vq3d.train.schedule import FitClock, fit_to_time, lr_at, set_lr
+from vq3d.train.planner import FitClock, fit_to_time
+from vq3d.train.schedule import lr_at, set_lr
 
 
 class Tiny(nn.Module):

@@ -65,9 +65,9 @@ def _stage1(args: argparse.Namespace) -> int:
 
 def _scaled_to_steps(cfg, steps: int, overrides: list[str]) -> None:
     """--steps N for Stage 1: the preset's (or config's) schedule shape scaled to N steps, as a
-    run fitted to its minutes does (`vq3d.train.schedule.scale_schedule`); fields given with
+    run fitted to its minutes does (`vq3d.train.planner.scale_schedule`); fields given with
     --set keep their values."""
-    from vq3d.train.schedule import scale_schedule
+    from vq3d.train.planner import scale_schedule
 
     if steps < 1:
         raise UserError(f"--steps {steps}: need at least 1")

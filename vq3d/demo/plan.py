@@ -30,8 +30,6 @@ FIXED_SHARE = 0.35  # the fixed phases may take this share of the budget before 
 # phases whose work shrinks when the budget is short: first the metrics' counts, then the visuals
 METRIC_PHASES = ("eval_stage1", "features", "eval_generation", "eval_radius")
 VISUAL_PHASES = ("reconstruct", "generate")
-FIT_MARGIN = 0.8  # share of a training budget that fitted steps may fill
-MIN_FITTED_STEPS = 50
 SCENES_PER_MINUTE = 200  # default dataset size for short budgets (2000 from 10 minutes on)
 MAX_DEFAULT_SCENES = 2000
 
@@ -117,15 +115,6 @@ def _time_stage2_step(gpt, cfg: Config, gen: torch.Generator, timed) -> float:
 
     step()
     return timed(step)
-
-
-def fitted_steps(preset_steps: int, seconds: float, step_seconds: float) -> int:
-    """Steps of a run that should end its schedule (warm-up, cosine decay) within `seconds`:
-    the preset's, or fewer when they would not fit at `step_seconds` each (with a margin for
-    validation and checkpoints). A cut-short cosine would stop at a high learning rate."""
-    if step_seconds <= 0:
-        return preset_steps
-    return max(MIN_FITTED_STEPS, min(preset_steps, int(seconds * FIT_MARGIN / step_seconds)))
 
 
 def estimate_fixed_seconds(sizes: DemoSizes, costs: UnitCosts) -> dict[str, float]:

@@ -32,30 +32,25 @@ from vq3d.models.quantizer import CodebookUsage
 from vq3d.models.stage1 import Stage1Model
 from vq3d.render.cameras import sample_novel_cameras
 from vq3d.train.batches import batch_stream
-from vq3d.train.checkpoint import load_checkpoint, save_checkpoint, seed_everything
 from vq3d.train.compile import compile_regions
+from vq3d.train.core import TrainerCore
 from vq3d.train.distributed import (
     all_reduce_grads,
-    barrier,
     broadcast_object,
     broadcast_parameters,
     cleanup,
     reduce_metrics,
-    setup_distributed,
-    wrap_ddp,
 )
 from vq3d.train.ema import EMA
 from vq3d.train.logger import RunLogger
 from vq3d.train.panels import stage1_panel
 from vq3d.train.run_control import RunControl
 from vq3d.train.runs import prepare_run
-from vq3d.train.schedule import FitClock, fit_to_time, lr_at, scale_schedule, set_lr
+from vq3d.train.planner import FIT_PROBE, FitClock, apply_plan, plan_to_minutes
+from vq3d.train.schedule import lr_at, set_lr
 from vq3d.train.step_guard import StepGuard, fused_adamw, keep_fused
 from vq3d.utils.io import atomic_write_json
 
-
-FIT_PROBE = (10, 40)  # train.fit_to_time first plans the run from these steps (after start-up)
-FIT_TIME_SHARE = 0.95  # of max_minutes, for the planned steps (the rest: checkpoints, slow steps)
 
 
 def uses_metric_depth(cfg: Config) -> bool:
@@ -90,9 +85,8 @@ class Stage1Trainer:
     def __init__(self, cfg: Config, run_dir: str | Path, start_step: int = 0) -> None:
         self.cfg, self.run_dir, self.step = cfg, Path(run_dir), start_step
         self._fitted = False  # whether train.fit_to_time has planned this session's steps yet
-        self.info = setup_distributed(cfg.train.device)
-        self.device = self.info.device
-        seed_everything(cfg.train.seed + self.info.rank)
+        self.core = TrainerCore(cfg, run_dir, start_step)  # device, DDP, autocast, checkpoints
+        self.info, self.device, self.autocast = self.core.info, self.core.device, self.core.autocast
         t, L = cfg.train, cfg.loss
         if not 0 <= t.gan_batch_size <= t.batch_size:
             raise ConfigError(f"train.gan_batch_size {t.gan_batch_size} must be between 0 (= batch_size) "
@@ -123,9 +117,8 @@ class Stage1Trainer:
                       if self.use_gan else None)
         self.ema = EMA(self.model, t.ema_decay) if t.ema_decay > 0 else None
         self.usage = CodebookUsage(cfg.model.codebook_size)
-        state: dict = {}
-        if start_step > 0:
-            state = load_checkpoint(self.run_dir, self._modules(), self._optimizers())
+        state = self.core.restore(self._modules(), self._optimizers())
+        if state:
             for opt in self._optimizers().values():
                 keep_fused(opt)
         self.guard = StepGuard(self.device, t.max_bad_steps, int(state.get("skipped", 0)),
@@ -135,11 +128,9 @@ class Stage1Trainer:
         # gradients are averaged by hand.
         self.outside_ddp = [m for m in (self.d_main, self.d_novel, self.logit_laplace) if m is not None]
         broadcast_parameters(self.outside_ddp)
-        self.forward = wrap_ddp(self.model, self.info)
+        self.forward = self.core.wrap(self.model)
         if t.compile:
             compile_regions(self.model)
-        # bf16 autocast on the step's device (CPU or CUDA): the precision policy keeps geometry fp32
-        self.autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=t.precision == "bf16")
 
     def _freeze_unused(self) -> None:
         """Parameters that cannot get a gradient in this configuration are frozen, so that DDP
@@ -163,10 +154,7 @@ class Stage1Trainer:
 
     def save(self) -> None:
         counters = self.guard.state()  # a host read, once per checkpoint
-        if self.info.is_main:
-            save_checkpoint(self.run_dir, self.step, self._modules(), self._optimizers(),
-                            state=counters, keep=self.cfg.train.keep_checkpoints)
-        barrier()
+        self.core.save(self.step, self._modules(), self._optimizers(), state=counters)
 
     def _ray_subset(self, images: Tensor, gan_active: bool, gen: torch.Generator) -> Tensor | None:
         """(B, render.train_rays) random raster indices per image, or None for whole images
@@ -276,17 +264,12 @@ class Stage1Trainer:
         return logs
 
     def _fit_to_time(self, rc: RunControl, step_seconds: float, in_gan: bool = False) -> None:
-        """Refit train.steps to the time left and scale the schedule's shape with it (before the
-        GAN; `scale_schedule`) (`train.fit_to_time`): `step_seconds` is the measured mean of the
+        """Refit train.steps to the time left and scale the schedule's shape with it
+        (`vq3d.train.planner`; `train.fit_to_time`): `step_seconds` is the measured mean of the
         current phase's steps."""
         cfg = self.cfg
-        seconds_left = FIT_TIME_SHARE * cfg.train.max_minutes * 60.0 - (time.monotonic() - rc.start_time)
-        if in_gan:  # the GAN has started: only the number of steps is left to choose
-            fitted = (self.step + max(1, int(seconds_left / step_seconds)), cfg.loss.gan_start_steps)
-        else:
-            fitted = fit_to_time(cfg.train.steps, cfg.loss.gan_start_steps, self.step, step_seconds,
-                                 _gan_step_cost(cfg), seconds_left)
-        steps, gan_start = broadcast_object(fitted)  # every rank keeps rank 0's plan
+        planned = plan_to_minutes(cfg, self.step, step_seconds, time.monotonic() - rc.start_time, in_gan)
+        steps, gan_start = broadcast_object(planned)  # every rank keeps rank 0's plan
         first = not self._fitted
         changed = abs(steps - cfg.train.steps) > 0.01 * cfg.train.steps
         if self.info.is_main and (first or changed):
@@ -294,9 +277,7 @@ class Stage1Trainer:
                      f"{step_seconds:.3f} s per {'GAN ' if in_gan else ''}step: {steps} steps "
                      f"(was {cfg.train.steps}), GAN from step {gan_start} (was {cfg.loss.gan_start_steps})")
         self._fitted = True
-        # once the GAN runs, its start and warm-up are history; before, the whole shape scales
-        scale_schedule(cfg, steps, keep=("loss.gan_start_steps", "loss.gan_warmup_steps") if in_gan else ())
-        cfg.loss.gan_start_steps = gan_start
+        apply_plan(cfg, steps, gan_start, in_gan)
         rc.set_total_steps(steps)
         if self.info.is_main:
             save_config(cfg, self.run_dir / "config.yaml")  # a resumed run continues this plan
@@ -317,10 +298,8 @@ class Stage1Trainer:
         last: dict[str, float] = {}
         logs: dict[str, Tensor | float] = {}
         self.model.train()
-        with RunLogger(self.run_dir, enabled=info.is_main, resume_step=self.step or None) as logger, \
-                RunControl(cfg.train.steps, cfg.train.max_minutes, self.step, cfg.train.max_bad_steps,
-                           show_progress=info.is_main, desc="stage1",
-                           sync_every=min(10, cfg.train.log_every)) as rc:
+        with self.core.logger() as logger, \
+                self.core.run_control(cfg.train.steps, "stage1", sync_every=min(10, cfg.train.log_every)) as rc:
             if info.is_main and self.metric_depth and self.step == 0:
                 rc.write("depth loss: metric (Eq. 2 at s = 1, t = 0 against the synthetic scenes' true "
                          "disparity; loss.depth_target=relative for the paper's Eq. 1-3)")
@@ -373,19 +352,6 @@ def read_scalars(logs: dict[str, Tensor | float]) -> dict[str, float]:
     out = {k: float(v) for k, v in logs.items() if not isinstance(v, Tensor)}
     out.update(zip(keys, values))
     return out
-
-
-def _gan_step_cost(cfg: Config) -> float:
-    """How many pre-GAN steps one GAN step costs, from the rays each renders: whole canonical and
-    novel images of the GAN batch against the ray subsets of the whole batch (the renderer is the
-    cost of a step). It errs high, so a fitted run's first plan errs short: measured on 2 CPU
-    cores, 1.45x where this gives 2 (batch 32, GAN batch 8), 5.8x where it gives 8 (batch 8, GAN
-    batch 8) and 2.9x where it gives 4 (batch 8, GAN batch 4); the refit after 50 timed GAN steps
-    replaces it."""
-    t, res = cfg.train, cfg.data.resolution
-    rays = cfg.render.train_rays if 0 < cfg.render.train_rays < res * res else res * res
-    gan_images = t.gan_batch_size or t.batch_size
-    return max(1.0, 2 * gan_images * res * res / (t.batch_size * rays)) if cfg.loss.gan > 0 else 1.0
 
 
 def _write_bad_files(run_dir: Path, dataset, bad: dict[str, str]) -> None:

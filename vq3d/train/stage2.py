@@ -19,10 +19,11 @@ from vq3d.data.tokens import check_same_codebook, load_tokens, mirror_pairs
 from vq3d.errors import UserError
 from vq3d.models.gpt import GPT
 from vq3d.train.batches import batch_stream
-from vq3d.train.checkpoint import load_checkpoint, save_checkpoint, seed_everything
-from vq3d.train.distributed import barrier, cleanup, reduce_metrics, setup_distributed, wrap_ddp
-from vq3d.train.logger import RunLogger
+from vq3d.train.checkpoint import load_checkpoint
+from vq3d.train.core import TrainerCore
+from vq3d.train.distributed import cleanup, reduce_metrics
 from vq3d.train.run_control import RunControl
+from vq3d.train.schedule import lr_at, set_lr
 from vq3d.train.runs import prepare_run
 from vq3d.utils.io import atomic_write_json
 
@@ -78,6 +79,35 @@ def validation_loss(model: GPT, ids: np.ndarray, labels: np.ndarray, rows: np.nd
     return total / max(1, count)
 
 
+def stage2_step(forward, model: GPT, opt: torch.optim.Optimizer, batch: dict, lr: float, cfg: Config,
+                autocast, rc: RunControl, step: int) -> dict[str, float]:
+    """One GPT update on a batch of token rows (next-token cross-entropy); {} when run control
+    rejected a non-finite loss (the update is skipped)."""
+    x = batch["image"]
+    y = batch["label"] if model.conditional else None
+    set_lr(opt, lr)
+    with autocast:
+        _, loss = forward(x, y, targets=x)
+    opt.zero_grad(set_to_none=True)
+    if not rc.record_loss(loss, step):
+        return {}
+    loss.backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip or math.inf)
+    opt.step()
+    value = float(loss.detach())
+    return {"loss": value, "bits_per_token": value / math.log(2), "lr": lr, "grad_norm": float(grad_norm)}
+
+
+def _write_run_info(run_dir: Path, tokens_dir: str | Path, info: dict, ids: np.ndarray, train_rows: np.ndarray,
+                    val_rows: np.ndarray) -> None:
+    atomic_write_json(run_dir / "stage2.json", {
+        "tokens": str(Path(tokens_dir).resolve()), **{k: info[k] for k in (
+            "stage1_run", "stage1_checkpoint", "codebook_hash", "codebook_size", "seq_len", "num_classes",
+            "class_names")},
+        "unigram_entropy_bits": unigram_entropy_bits(ids[train_rows], info["codebook_size"]),
+        "train_rows": len(train_rows), "val_rows": len(val_rows)})
+
+
 def train_stage2(cfg: Config, tokens_dir: str | Path, run_dir: str | Path, resume: bool = False,
                  overrides: list[str] = (), stage1_run: str | Path | None = None) -> dict:
     """Train (or resume) a GPT on a token folder; returns the last logged scalars."""
@@ -89,75 +119,48 @@ def train_stage2(cfg: Config, tokens_dir: str | Path, run_dir: str | Path, resum
     cfg, start = prepare_run(run_dir, cfg, resume, overrides)
     run_dir = Path(run_dir)
     s2 = cfg.stage2
-    dist_info = setup_distributed(cfg.train.device)
-    device = dist_info.device
+    core = TrainerCore(cfg, run_dir, start)  # device, DDP, autocast, checkpoints, run control
+    device, dist_info = core.device, core.info
     try:
-        seed_everything(cfg.train.seed + dist_info.rank)
         model = build_gpt(cfg, info).to(device)
         opt = torch.optim.AdamW(model.param_groups(s2.weight_decay), lr=s2.lr, betas=s2.betas)
         # a mirrored image stays on its source image's side, so validation never sees a mirror of training
         sources = len(ids) // 2 if info.get("mirrored") else len(ids)
         split = split_rows(sources, s2.val_fraction, cfg.train.seed)
         train_rows, val_rows = (mirror_pairs(rows, info) for rows in split)
-        if dist_info.is_main:
-            atomic_write_json(run_dir / "stage2.json", {
-                "tokens": str(Path(tokens_dir).resolve()), **{k: info[k] for k in (
-                    "stage1_run", "stage1_checkpoint", "codebook_hash", "codebook_size", "seq_len", "num_classes",
-                    "class_names")},
-                "unigram_entropy_bits": unigram_entropy_bits(ids[train_rows], info["codebook_size"]),
-                "train_rows": len(train_rows), "val_rows": len(val_rows)})
-        if start > 0:
-            load_checkpoint(run_dir, {"gpt": model}, {"opt": opt})
-        forward = wrap_ddp(model, dist_info)
+        if core.is_main:
+            _write_run_info(run_dir, tokens_dir, info, ids, train_rows, val_rows)
+        modules, optimizers = {"gpt": model}, {"opt": opt}
+        core.restore(modules, optimizers)
+        forward = core.wrap(model)
         if cfg.train.compile and device.type == "cuda":
             forward = torch.compile(forward)
-        autocast = torch.autocast("cuda", dtype=torch.bfloat16,
-                                  enabled=cfg.train.precision == "bf16" and device.type == "cuda")
         per_rank = max(1, s2.batch_size // dist_info.world_size)
         stream = batch_stream(TokenDataset(ids, labels, train_rows), per_rank, seed=cfg.train.seed,
                               start_step=start, rank=dist_info.rank, world_size=dist_info.world_size,
                               device=device)
         step, last = start, {}
         eval_every = max(1, cfg.train.ckpt_every)
-        with RunLogger(run_dir, enabled=dist_info.is_main, resume_step=start or None) as logger, \
-                RunControl(s2.steps, cfg.train.max_minutes, start, cfg.train.max_bad_steps,
-                           show_progress=dist_info.is_main, desc="stage2") as rc:
-            from vq3d.train.schedule import lr_at, set_lr
 
+        def validate() -> None:
+            val = validation_loss(model, ids, labels, val_rows, device)
+            last.update(val_loss=val, val_bits_per_token=val / math.log(2))
+
+        with core.logger() as logger, core.run_control(s2.steps, "stage2") as rc:
             while not rc.should_stop(step):
-                batch = next(stream)
-                x = batch["image"]
-                y = batch["label"] if model.conditional else None
                 lr = lr_at(step, s2.lr, s2.warmup_steps, s2.steps, cfg.train.min_lr_ratio)
-                set_lr(opt, lr)
-                with autocast:
-                    _, loss = forward(x, y, targets=x)
-                opt.zero_grad(set_to_none=True)
-                if rc.record_loss(loss, step):
-                    loss.backward()
-                    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip or math.inf)
-                    opt.step()
-                    value = float(loss.detach())
-                    last = {"loss": value, "bits_per_token": value / math.log(2), "lr": lr,
-                            "grad_norm": float(grad_norm)}
+                last.update(stage2_step(forward, model, opt, next(stream), lr, cfg, core.autocast, rc, step))
                 step += 1
                 rc.update(step, {"loss": last.get("loss", float("nan"))})
                 if step % cfg.train.log_every == 0 or step == 1:
-                    logger.log_scalars(step, reduce_metrics(last))
+                    logger.log_scalars(step, reduce_metrics({k: last[k] for k in last if not k.startswith("val_")}))
                 if step % eval_every == 0 or rc.should_stop(step):
-                    val = validation_loss(model, ids, labels, val_rows, device)
-                    last.update(val_loss=val, val_bits_per_token=val / math.log(2))
-                    logger.log_scalars(step, {"val_loss": val, "val_bits_per_token": val / math.log(2)})
-                    if dist_info.is_main:
-                        save_checkpoint(run_dir, step, {"gpt": model}, {"opt": opt},
-                                        keep=cfg.train.keep_checkpoints)
-                    barrier()
+                    validate()
+                    logger.log_scalars(step, {k: last[k] for k in ("val_loss", "val_bits_per_token")})
+                    core.save(step, modules, optimizers)
             if "val_loss" not in last or step % eval_every:
-                val = validation_loss(model, ids, labels, val_rows, device)
-                last.update(val_loss=val, val_bits_per_token=val / math.log(2))
-            if dist_info.is_main:
-                save_checkpoint(run_dir, step, {"gpt": model}, {"opt": opt}, keep=cfg.train.keep_checkpoints)
-            barrier()
+                validate()
+            core.save(step, modules, optimizers)
             last["stop_reason"] = rc.stop_reason
         last["unigram_entropy_bits"] = unigram_entropy_bits(ids[train_rows], info["codebook_size"])
         return last
