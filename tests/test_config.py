@@ -81,9 +81,22 @@ def test_run_configs_of_earlier_versions_load_without_their_retired_fields():
     values["render"]["train_render_size"] = 0  # written by earlier versions, never used
     assert to_dict(from_dict(values)) == to_dict(load_config("demo"))
     del values["render"]["train_rays"], values["train"]["gan_batch_size"]  # added later: off for old runs
-    old = from_dict(values)
+    with pytest.warns(UserWarning, match=r"lacks render\.train_rays, train\.gan_batch_size"):
+        old = from_dict(values)  # and it says so
     assert old.render.train_rays == 0 and old.train.gan_batch_size == 0
     assert old.train.batch_size == values["train"]["batch_size"]
     values["render"]["no_such_field"] = 1  # anything else stays an error
     with pytest.raises(ConfigError, match="no_such_field"):
         from_dict(values)
+
+
+def test_a_config_file_without_a_preset_says_it_starts_from_the_paper(tmp_path, recwarn):
+    path = tmp_path / "mine.yaml"
+    path.write_text("train:\n  steps: 5\n")
+    with pytest.warns(UserWarning, match="names none: starting from the paper preset"):
+        assert load_config(None, [path]).preset == "paper"
+    recwarn.clear()
+    assert load_config("demo", [path]).train.steps == 5 and not recwarn.list  # a preset given: quiet
+    path.write_text("preset: demo\ntrain:\n  steps: 5\n")
+    assert load_config(None, [path]).preset == "demo" and not recwarn.list
+    assert from_dict(to_dict(load_config("demo"))) == load_config("demo") and not recwarn.list  # complete: quiet

@@ -63,23 +63,23 @@ def test_bf16_autocast_keeps_rays_edges_disparities_and_coordinates_fp32_and_exa
     with torch.autocast(**BF16):
         out16, coords16 = _render(renderer, planes16, cams, pixels, seed=3)
 
-    geometry = [out16.s_edges, out16.sample_disparity, out16.weights, out16.depth, out16.disparity,
-                *out16.proposal_s_edges, *out16.proposal_weights, *coords16]
+    geometry = [out16.spacing_edges, out16.sample_disparity, out16.weights, out16.depth, out16.disparity,
+                *out16.proposal_spacing_edges, *out16.proposal_weights, *coords16]
     assert all(t.dtype == torch.float32 for t in geometry)
     # the first level's edges and coordinates depend on the rays and the jitter only: exact
-    assert torch.equal(out16.proposal_s_edges[0], out32.proposal_s_edges[0])
+    assert torch.equal(out16.proposal_spacing_edges[0], out32.proposal_spacing_edges[0])
     assert torch.equal(coords16[0], coords32[0])
     # resampled levels depend on the (bf16) MLP's weights, but given those weights they are the
     # exact fp32 resampling: recompute the NeRF level's edges from the proposal weights in fp32
     counts = renderer.samples_per_level
     gen = torch.Generator().manual_seed(3)  # the render's jitter, drawn again in the same order
     us = [stratified_u((1, pixels.shape[1]), n, True, gen) for n in counts]
-    edges = propose_edges(out16.proposal_s_edges[1], out16.proposal_weights[1], us[2],
+    edges = propose_edges(out16.proposal_spacing_edges[1], out16.proposal_weights[1], us[2],
                           dilation_for_level(2, counts, cfg.proposal_dilation, cfg.proposal_dilation_bias),
                           anneal_power(10**6, cfg.proposal_anneal_steps, cfg.proposal_anneal_slope))
-    assert torch.equal(edges, out16.s_edges)
+    assert torch.equal(edges, out16.spacing_edges)
     # no edges merge: 33 distinct edges on every ray (bf16 left 7 of 33)
-    assert bool((out16.s_edges.diff(dim=-1) > 0).all())
+    assert bool((out16.spacing_edges.diff(dim=-1) > 0).all())
 
     # results: bf16 rounds to 2^-8 (0.4%) relative; features and two MLP layers add a few such
     # errors to each density, and depth and colour are weighted means over 32 samples, so

@@ -42,7 +42,7 @@ def _train_render(cfg: RenderConfig, rays: int, seed: int = 0, count: bool = Fal
 def test_any_chunk_budget_renders_the_same_image_and_gradients(scatter):
     ref_out, ref_grads, _ = _train_render(replace(CFG, chunk_mb=1024.0, scatter="segment"), rays=300)
     out, grads, _ = _train_render(replace(CFG, chunk_mb=0.1, scatter=scatter), rays=300)  # ~70 points a chunk
-    for name in ("rgb", "depth", "weights", "s_edges"):
+    for name in ("rgb", "depth", "weights", "spacing_edges"):
         assert torch.allclose(getattr(out, name), getattr(ref_out, name), atol=1e-6), name
     for got, want in zip(grads, ref_grads):
         assert torch.allclose(got, want, atol=1e-5, rtol=1e-4)

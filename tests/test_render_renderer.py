@@ -129,14 +129,14 @@ def test_output_contract_and_per_sample_tensors():
     for name in ("depth", "disparity", "opacity"):
         assert getattr(out, name).shape == (2, 1, 5, 7)
     assert out.weights.shape == (2, 35, 5) and out.sample_disparity.shape == (2, 35, 5)
-    assert out.s_edges.shape == (2, 35, 6)
+    assert out.spacing_edges.shape == (2, 35, 6)
     assert [w.shape for w in out.proposal_weights] == [(2, 35, 8), (2, 35, 6)]
-    assert [e.shape for e in out.proposal_s_edges] == [(2, 35, 9), (2, 35, 7)]
+    assert [e.shape for e in out.proposal_spacing_edges] == [(2, 35, 9), (2, 35, 7)]
     assert torch.allclose(out.weights.sum(-1), out.opacity.flatten(1), atol=1e-6)
     assert (out.opacity <= 1 + 1e-6).all()
-    mid = 0.5 * (out.s_edges[..., 1:] + out.s_edges[..., :-1])
+    mid = 0.5 * (out.spacing_edges[..., 1:] + out.spacing_edges[..., :-1])
     assert torch.allclose(out.sample_disparity, s_to_disparity(mid, cfg.near, cfg.far))
-    assert (out.s_edges[..., 1:] >= out.s_edges[..., :-1]).all()
+    assert (out.spacing_edges[..., 1:] >= out.spacing_edges[..., :-1]).all()
 
 
 def test_a_ray_subset_renders_exactly_those_pixels_of_the_full_image():
@@ -163,7 +163,7 @@ def test_first_level_samples_are_linear_in_disparity_with_far_at_infinity():
     cams = canonical_cameras(1, cfg.camera_distance, cfg.fov_deg)
     with torch.no_grad():
         out = renderer.render_cameras(torch.randn(1, 3, 2, 4, 4), cams, 2, 2)
-    disp = s_to_disparity(out.proposal_s_edges[0], cfg.near, cfg.far)
+    disp = s_to_disparity(out.proposal_spacing_edges[0], cfg.near, cfg.far)
     step = torch.full((1, 4, 8), -1 / (8 * cfg.near))
     assert torch.allclose(disp[..., 1:] - disp[..., :-1], step, atol=1e-5)
     assert (disp[..., -1] == 0).all()
@@ -189,8 +189,8 @@ def _train_grads(cfg, planes, cams, state):
     leaf = planes.clone().requires_grad_()
     gen = torch.Generator().manual_seed(1)
     out = renderer.render_cameras(leaf, cams, 6, 6, train=True, step=4, generator=gen)
-    loss = (out.rgb.square().mean() + out.depth.mean() + distortion_loss(out.weights, out.s_edges)
-            + interlevel_loss(out.weights, out.s_edges, out.proposal_weights, out.proposal_s_edges))
+    loss = (out.rgb.square().mean() + out.depth.mean() + distortion_loss(out.weights, out.spacing_edges)
+            + interlevel_loss(out.weights, out.spacing_edges, out.proposal_weights, out.proposal_spacing_edges))
     grads = torch.autograd.grad(loss, [leaf, *renderer.parameters()])
     return out.rgb.detach(), grads
 
@@ -223,7 +223,7 @@ def test_interlevel_loss_reaches_the_planes_only_when_asked(proposal_feature_gra
     planes = torch.randn(1, 3, 3, 8, 8, requires_grad=True)
     cams = canonical_cameras(1, cfg.camera_distance, cfg.fov_deg)
     out = renderer.render_cameras(planes, cams, 8, 8, train=True, generator=torch.Generator().manual_seed(0))
-    loss = interlevel_loss(out.weights, out.s_edges, out.proposal_weights, out.proposal_s_edges) * 1e3
+    loss = interlevel_loss(out.weights, out.spacing_edges, out.proposal_weights, out.proposal_spacing_edges) * 1e3
     assert loss > 0
     loss = loss + 0 * out.rgb.sum()  # keep the NeRF branch in the graph
     g_planes, *g_prop = torch.autograd.grad(loss, [planes, *renderer.proposal_mlp.parameters()])
@@ -256,8 +256,8 @@ def test_jitter_is_reproducible_with_a_generator_and_absent_in_evaluation():
                                         generator=torch.Generator().manual_seed(5)) for _ in range(2))
         c = renderer.render_cameras(planes, cams, 4, 4, train=False)
         d = renderer.render_cameras(planes, cams, 4, 4, train=False)
-    assert torch.equal(a.s_edges, b.s_edges) and torch.equal(c.s_edges, d.s_edges)
-    assert not torch.equal(a.proposal_s_edges[0], c.proposal_s_edges[0])
+    assert torch.equal(a.spacing_edges, b.spacing_edges) and torch.equal(c.spacing_edges, d.spacing_edges)
+    assert not torch.equal(a.proposal_spacing_edges[0], c.proposal_spacing_edges[0])
 
 
 def test_bad_inputs_are_rejected():

@@ -135,11 +135,11 @@ def check_render_bf16(ctx: Context) -> dict:
     rel = (low.depth - ref.depth).abs() / ref.depth
     result = {
         "resolution": res, "samples": renderer.samples_per_level,
-        "geometry_fp32": all(t.dtype == torch.float32 for t in (low.depth, low.weights, low.s_edges,
+        "geometry_fp32": all(t.dtype == torch.float32 for t in (low.depth, low.weights, low.spacing_edges,
                                                                  low.sample_disparity, low.rgb)),
         "depth_rel_error_max": float(rel.max()), "depth_rel_error_median": float(rel.median()),
         "rgb_abs_error_max": float((low.rgb - ref.rgb).abs().max()),
-        "nerf_edges_strictly_increasing": bool((low.s_edges.diff(dim=-1) > 0).all()),
+        "nerf_edges_strictly_increasing": bool((low.spacing_edges.diff(dim=-1) > 0).all()),
     }
     result["within_cpu_test_bounds"] = (result["geometry_fp32"] and result["depth_rel_error_max"] < 0.01
                                         and result["rgb_abs_error_max"] < 0.01)

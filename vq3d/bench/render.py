@@ -126,8 +126,8 @@ class ReferenceRenderer:
         return RenderOutput(
             rgb=rgb01 * 2.0 - 1.0, depth=(weights * t_mid).sum(-1) / opacity.clamp_min(1e-6),
             disparity=(weights * disp).sum(-1) + (1.0 - opacity) * inv_far, opacity=opacity,
-            weights=weights, sample_disparity=disp, s_edges=edges,
-            proposal_weights=prop_w, proposal_s_edges=prop_e,
+            weights=weights, sample_disparity=disp, spacing_edges=edges,
+            proposal_weights=prop_w, proposal_spacing_edges=prop_e,
         )
 
 
@@ -162,8 +162,8 @@ def _inputs(cfg: RenderConfig, spec: dict, seed: int = 0):
 
 
 def _loss(out: RenderOutput) -> Tensor:
-    return (out.rgb.square().mean() + 0.01 * distortion_loss(out.weights, out.s_edges)
-            + interlevel_loss(out.weights, out.s_edges, out.proposal_weights, out.proposal_s_edges))
+    return (out.rgb.square().mean() + 0.01 * distortion_loss(out.weights, out.spacing_edges)
+            + interlevel_loss(out.weights, out.spacing_edges, out.proposal_weights, out.proposal_spacing_edges))
 
 
 def _train_step(render: Callable, planes: Tensor, origins: Tensor, dirs: Tensor,

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 
-def distortion_loss(weights: Tensor, s_edges: Tensor) -> Tensor:
+def distortion_loss(weights: Tensor, spacing_edges: Tensor) -> Tensor:
     """Mip-NeRF 360 distortion loss (Barron et al. 2022), mean over rays.
 
     Per ray: sum_ij w_i w_j |m_i - m_j| + 1/3 sum_i w_i^2 d_i with interval midpoints m and
@@ -20,10 +20,10 @@ def distortion_loss(weights: Tensor, s_edges: Tensor) -> Tensor:
 
         sum_i [ w_i^2 d_i / 3 + 2 w_i (m_i W_i - S_i) ]
 
-    weights: (..., S); s_edges: (..., S+1). Returns a scalar.
+    weights: (..., S); spacing_edges: (..., S+1). Returns a scalar.
     """
-    mid = 0.5 * (s_edges[..., 1:] + s_edges[..., :-1])
-    width = s_edges[..., 1:] - s_edges[..., :-1]
+    mid = 0.5 * (spacing_edges[..., 1:] + spacing_edges[..., :-1])
+    width = spacing_edges[..., 1:] - spacing_edges[..., :-1]
     wm = weights * mid
     w_before = torch.cumsum(weights, dim=-1) - weights  # exclusive prefix sums
     wm_before = torch.cumsum(wm, dim=-1) - wm
@@ -32,39 +32,39 @@ def distortion_loss(weights: Tensor, s_edges: Tensor) -> Tensor:
     return (loss_bi + loss_uni).mean()
 
 
-def outer_weights(s_edges: Tensor, proposal_s_edges: Tensor, proposal_weights: Tensor) -> Tensor:
-    """Outer measure (..., S): for each interval of `s_edges` (..., S+1), the summed weight of
-    every proposal interval (`proposal_s_edges` (..., K+1), `proposal_weights` (..., K)) that
+def outer_weights(spacing_edges: Tensor, proposal_spacing_edges: Tensor, proposal_weights: Tensor) -> Tensor:
+    """Outer measure (..., S): for each interval of `spacing_edges` (..., S+1), the summed weight of
+    every proposal interval (`proposal_spacing_edges` (..., K+1), `proposal_weights` (..., K)) that
     overlaps it (Mip-NeRF 360's bound)."""
     k = proposal_weights.shape[-1]
     cum = torch.cumsum(proposal_weights, dim=-1)
     cum = torch.cat([torch.zeros_like(cum[..., :1]), cum], dim=-1)  # (..., K+1)
-    lo_edge = s_edges[..., :-1].contiguous()
-    hi_edge = s_edges[..., 1:].contiguous()
+    lo_edge = spacing_edges[..., :-1].contiguous()
+    hi_edge = spacing_edges[..., 1:].contiguous()
     # proposal interval i overlaps [lo, hi] iff p_{i+1} > lo and p_i < hi
-    first = torch.searchsorted(proposal_s_edges[..., 1:].contiguous(), lo_edge, right=True).clamp(0, k)
-    end = torch.searchsorted(proposal_s_edges[..., :-1].contiguous(), hi_edge, right=False).clamp(0, k)
+    first = torch.searchsorted(proposal_spacing_edges[..., 1:].contiguous(), lo_edge, right=True).clamp(0, k)
+    end = torch.searchsorted(proposal_spacing_edges[..., :-1].contiguous(), hi_edge, right=False).clamp(0, k)
     end = torch.maximum(end, first)
     return cum.gather(-1, end) - cum.gather(-1, first)
 
 
 def interlevel_loss(
     weights: Tensor,
-    s_edges: Tensor,
+    spacing_edges: Tensor,
     proposal_weights: list[Tensor],
-    proposal_s_edges: list[Tensor],
+    proposal_spacing_edges: list[Tensor],
     eps: float = 1e-7,
 ) -> Tensor:
     """Mip-NeRF 360 interlevel (proposal) loss: sum over proposal levels of
     mean over rays and intervals of relu(w - w_outer)^2 / (w + eps), NeRF weights detached.
 
-    weights (..., S), s_edges (..., S+1): the NeRF level; proposal_weights[k] (..., K_k),
-    proposal_s_edges[k] (..., K_k+1): proposal level k. Returns a scalar (0 with no proposals).
+    weights (..., S), spacing_edges (..., S+1): the NeRF level; proposal_weights[k] (..., K_k),
+    proposal_spacing_edges[k] (..., K_k+1): proposal level k. Returns a scalar (0 with no proposals).
     """
     w = weights.detach()
-    edges = s_edges.detach()
+    edges = spacing_edges.detach()
     loss = w.new_zeros(())
-    for prop_w, prop_edges in zip(proposal_weights, proposal_s_edges):
+    for prop_w, prop_edges in zip(proposal_weights, proposal_spacing_edges):
         bound = outer_weights(edges, prop_edges.detach(), prop_w)
         loss = loss + (torch.relu(w - bound).square() / (w + eps)).mean()
     return loss

@@ -44,9 +44,9 @@ def gather_pixels(images: Tensor, pixels: Tensor) -> Tensor:
 
 def nerf_regularizers(render: RenderOutput) -> tuple[Tensor, Tensor]:
     """Mip-NeRF 360's distortion and interlevel losses of one render."""
-    distortion = distortion_loss(render.weights, render.s_edges)
-    interlevel = interlevel_loss(render.weights, render.s_edges, render.proposal_weights,
-                                 render.proposal_s_edges)
+    distortion = distortion_loss(render.weights, render.spacing_edges)
+    interlevel = interlevel_loss(render.weights, render.spacing_edges, render.proposal_weights,
+                                 render.proposal_spacing_edges)
     return distortion, interlevel
 
 
@@ -211,11 +211,11 @@ def discriminator_losses(
         total = total + terms["d_novel"]
     if apply_r1 and loss_cfg.r1_gamma > 0:
         # Lazy regularisation (StyleGAN2): every r1_every steps, scaled by r1_every.
-        scale = loss_cfg.r1_gamma / 2.0 * loss_cfg.r1_every
+        r1_weight = loss_cfg.r1_gamma / 2.0 * loss_cfg.r1_every
         if "d_main" in terms:
             terms["r1_main"] = r1_penalty(d_main, images)
-            total = total + scale * terms["r1_main"]
+            total = total + r1_weight * terms["r1_main"]
         if real_novel is not None:
             terms["r1_novel"] = r1_penalty(d_novel, real_novel)
-            total = total + scale * terms["r1_novel"]
+            total = total + r1_weight * terms["r1_novel"]
     return total, terms

@@ -85,11 +85,13 @@ class RenderOutput:
     opacity (B, N). From `Renderer.render_cameras`: rgb (B, 3, H, W) in [-1, 1]; depth,
     disparity, opacity (B, 1, H, W). Per-sample tensors are (B, N, ...) in both (N = H * W):
     weights (B, N, S) and sample_disparity (B, N, S) of the NeRF level (W_ik and D_ik of the
-    paper's Eq. 1-2); s_edges (B, N, S + 1) its intervals in s-space (distortion loss);
-    proposal_weights[k] (B, N, S_k) and proposal_s_edges[k] (B, N, S_k + 1) for each proposal
+    paper's Eq. 1-2); spacing_edges (B, N, S + 1) its intervals in normalized spacing s in [0, 1]
+    (Mip-NeRF 360's s-space; unrelated to Eq. 1's scale s*), for the distortion loss;
+    proposal_weights[k] (B, N, S_k) and proposal_spacing_edges[k] (B, N, S_k + 1) for each proposal
     level k (interlevel loss).
 
-    depth is the weight-normalized expected distance sum(w t) / sum(w); disparity is the
+    depth is the weight-normalized expected distance along the ray (not z), sum(w t) / sum(w),
+    as everywhere in vq3d; the depth losses compare disparities 1 / t. disparity is the
     expected disparity with the unfilled remainder at `far` (sum(w / t) + (1 - opacity) / far).
     """
 
@@ -99,9 +101,9 @@ class RenderOutput:
     opacity: Tensor
     weights: Tensor
     sample_disparity: Tensor
-    s_edges: Tensor
+    spacing_edges: Tensor
     proposal_weights: list[Tensor] = field(default_factory=list)
-    proposal_s_edges: list[Tensor] = field(default_factory=list)
+    proposal_spacing_edges: list[Tensor] = field(default_factory=list)
 
 
 class _Features:
@@ -335,17 +337,17 @@ class Renderer(nn.Module):
         depth = (weights * t_mid).sum(-1) / opacity.clamp_min(1e-6)
         return RenderOutput(
             rgb=rgb01 * 2.0 - 1.0, depth=depth, disparity=disparity, opacity=opacity, weights=weights,
-            sample_disparity=disp_mid, s_edges=edges,
-            proposal_weights=proposal_weights, proposal_s_edges=proposal_edges,
+            sample_disparity=disp_mid, spacing_edges=edges,
+            proposal_weights=proposal_weights, proposal_spacing_edges=proposal_edges,
         )
 
 
 def _to_tuple(out: RenderOutput) -> tuple[Tensor, ...]:
-    return (out.rgb, out.depth, out.disparity, out.opacity, out.weights, out.sample_disparity, out.s_edges,
-            *out.proposal_weights, *out.proposal_s_edges)
+    return (out.rgb, out.depth, out.disparity, out.opacity, out.weights, out.sample_disparity, out.spacing_edges,
+            *out.proposal_weights, *out.proposal_spacing_edges)
 
 
 def _from_tuple(xs: list[Tensor], num_proposal: int) -> RenderOutput:
     head, rest = xs[:7], xs[7:]
     return RenderOutput(*head, proposal_weights=list(rest[:num_proposal]),
-                        proposal_s_edges=list(rest[num_proposal:]))
+                        proposal_spacing_edges=list(rest[num_proposal:]))

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from vq3d.config import Config, ConfigError, save_config
 from vq3d.data.loader import build_dataset, detect_kind, write_dataset_info
 from vq3d.errors import UserError
+from vq3d.losses.depth_target import metric_depth_target
 from vq3d.losses.lookat import central_pixels
 from vq3d.losses.perceptual import build_perceptual
 from vq3d.losses.reconstruction import LogitLaplaceLoss
@@ -54,29 +55,14 @@ from vq3d.utils.io import atomic_write_json
 
 
 def uses_metric_depth(cfg: Config) -> bool:
-    """Whether loss.depth_target means the metric depth loss for this run's data: "auto" picks it
-    for synthetic data (whose targets are true disparity), "metric" requires such data."""
-    mode = cfg.loss.depth_target
-    if mode == "relative" or not (cfg.loss.depth or cfg.loss.scale):
-        return False
-    if cfg.data.depth_cache:  # pseudo-GT from a cache (photos, or estimator-like synthetic maps)
-        if mode == "metric":
-            raise ConfigError("loss.depth_target=metric needs true depth, but data.depth_cache gives "
-                              f"relative pseudo-GT ({cfg.data.depth_cache}): use relative or auto")
-        return False
+    """Whether this run's data gets the metric depth loss (`vq3d.losses.depth_target`)."""
     try:
         kind = cfg.data.kind if cfg.data.kind != "auto" else detect_kind(cfg.data.path)
     except UserError:
-        if mode == "metric":
+        if cfg.loss.depth_target == "metric" and not cfg.data.depth_cache:
             raise
-        return False  # no data to tell by; building the dataset will say what is wrong
-    if kind == "synthetic":
-        return True
-    if mode == "metric":
-        raise ConfigError(f"loss.depth_target=metric needs true depth, which only synthetic data has "
-                          f"({cfg.data.path} is {kind} data, whose pseudo-GT depth is relative): "
-                          "use loss.depth_target=relative or auto")
-    return False
+        kind = None
+    return metric_depth_target(cfg.loss, kind, cfg.data.depth_cache, cfg.data.path)
 
 
 class Stage1Trainer:

@@ -1,0 +1,87 @@
+"""The presets: `paper` (the paper's sizes, for GPUs), `demo` (minutes on 2 CPU cores, the
+synthetic benchmark) and `tiny` (seconds, for tests). Each builds a whole `Config`; the evidence
+behind each demo value is in docs/results.md (section named in its comment).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from vq3d.config.schema import Config, ModelConfig, Stage2Config, TrainConfig
+
+
+def paper() -> Config:
+    """The paper's sizes (GPU): 256x256, ViT-S encoder, ViT-L decoder, 512x512x32 triplanes. They
+    are the schema's defaults, each field's source beside it (vq3d/config/schema.py)."""
+    return Config(preset="paper")
+
+
+def demo() -> Config:
+    """Minutes on 2 CPU cores, on the synthetic benchmark. Every value it sets is below, section
+    by section; everything else is the paper's. The measurements behind each are in
+    docs/results.md, in the section named in the comment."""
+    paper_cfg = paper()
+    return Config(
+        preset="demo",
+        data=replace(paper_cfg.data, resolution=32,
+                     num_workers=0),  # the loader in the training process ("Loader workers ...")
+        # 64 tokens of 12 bits ("Codebook size and model size"); 32x32x16 planes ("Plane resolution
+        # and channels")
+        model=replace(paper_cfg.model, patch_size=4, enc_layers=3, enc_width=128, enc_heads=4, enc_mlp=256,
+                      dec_layers=3, dec_width=128, dec_heads=4, dec_mlp=256, codebook_size=4096, codebook_dim=16,
+                      dead_code_steps=50, plane_channels=16, plane_resolution=32, implicit_hidden=64),
+        render=replace(paper_cfg.render, proposal_samples=(24,), nerf_samples=16, mlp_hidden=32,
+                       proposal_anneal_steps=200,
+                       near=0.5,  # "Near plane and distortion weight"
+                       scene_scale=3.0,  # "Scene scale"
+                       train_rays=256),  # 256 of 1,024 rays per image before the GAN ("Ray subsets per image")
+        loss=replace(
+            paper_cfg.loss,
+            depth=1.0,  # "Depth weight"
+            depth_scale_floor=1.5, depth_scale_floor_steps=600,  # "Depth scale floor"
+            max_scale=2.5,  # at the synthetic scenes' true disparity scale ("Eq. 3's threshold")
+            # the paper's relative loss (Eq. 1-3) with the look-at prior, a departure
+            # ("Geometry from relative pseudo-depth"); loss.depth_target=metric is an upper bound
+            depth_target="relative", lookat=0.1,
+            gan_start_steps=8740, gan_warmup_steps=100),  # the GAN's last 5% ("GAN share and GAN batch")
+        # batch 8 ("Batch size"); 9,200 steps are the schedule's shape, fitted to --max-minutes
+        # ("Fitting the schedule to the minutes")
+        train=replace(paper_cfg.train, batch_size=8, gan_batch_size=4, lr=1e-3, disc_lr=2e-4, warmup_steps=100,
+                      steps=9200, ckpt_every=2000, log_every=25, image_every=2000, weight_decay=0.0,
+                      fit_to_time=True),
+        # "Stage 2: steps, guidance, mirrored tokens, dropout"
+        stage2=replace(paper_cfg.stage2, layers=4, width=128, heads=4, dropout=0.1, batch_size=32, lr=1e-3,
+                       warmup_steps=100, steps=3000, val_fraction=0.1),
+        sample=replace(paper_cfg.sample, guidance=3.0),
+    )
+
+
+def tiny() -> Config:
+    """Seconds-sized models for tests."""
+    cfg = Config(preset="tiny")
+    cfg.data.resolution = 16
+    cfg.data.num_workers = 0
+    cfg.model = ModelConfig(
+        patch_size=4, enc_layers=1, enc_width=32, enc_heads=2, enc_mlp=64,
+        dec_layers=1, dec_width=32, dec_heads=2, dec_mlp=64,
+        codebook_size=32, codebook_dim=8, dead_code_steps=10,
+        plane_channels=8, plane_resolution=8, implicit_hidden=16,
+    )
+    cfg.render.proposal_samples = (8,)
+    cfg.render.nerf_samples = 8
+    cfg.render.near = 0.5
+    cfg.render.mlp_hidden = 16
+    cfg.render.proposal_anneal_steps = 10
+    cfg.render.chunk_rays = 1024
+    cfg.train = TrainConfig(
+        batch_size=4, lr=1e-3, disc_lr=1e-3, warmup_steps=2, steps=20, ckpt_every=10,
+        log_every=1, image_every=10, weight_decay=0.0,
+    )
+    cfg.stage2 = Stage2Config(
+        layers=1, width=32, heads=2, batch_size=8, lr=3e-3, warmup_steps=2, steps=20,
+        val_fraction=0.25,
+    )
+    return cfg
+
+
+PRESETS = {"tiny": tiny, "demo": demo, "paper": paper}
