@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from vq3d.config.schema import Config, ModelConfig, Stage2Config, TrainConfig
+from vq3d.config.schema import Config
 
 
 def paper() -> Config:
@@ -57,31 +57,21 @@ def demo() -> Config:
 
 
 def tiny() -> Config:
-    """Seconds-sized models for tests."""
-    cfg = Config(preset="tiny")
-    cfg.data.resolution = 16
-    cfg.data.num_workers = 0
-    cfg.model = ModelConfig(
-        patch_size=4, enc_layers=1, enc_width=32, enc_heads=2, enc_mlp=64,
-        dec_layers=1, dec_width=32, dec_heads=2, dec_mlp=64,
-        codebook_size=32, codebook_dim=8, dead_code_steps=10,
-        plane_channels=8, plane_resolution=8, implicit_hidden=16,
+    """Seconds-sized models for tests; every value it sets is below, the rest is the paper's."""
+    paper_cfg = paper()
+    return Config(
+        preset="tiny",
+        data=replace(paper_cfg.data, resolution=16, num_workers=0),
+        model=replace(paper_cfg.model, patch_size=4, enc_layers=1, enc_width=32, enc_heads=2, enc_mlp=64,
+                      dec_layers=1, dec_width=32, dec_heads=2, dec_mlp=64, codebook_size=32, codebook_dim=8,
+                      dead_code_steps=10, plane_channels=8, plane_resolution=8, implicit_hidden=16),
+        render=replace(paper_cfg.render, proposal_samples=(8,), nerf_samples=8, near=0.5, mlp_hidden=16,
+                       proposal_anneal_steps=10, chunk_rays=1024),
+        train=replace(paper_cfg.train, batch_size=4, lr=1e-3, disc_lr=1e-3, warmup_steps=2, steps=20, ckpt_every=10,
+                      log_every=1, image_every=10, weight_decay=0.0),
+        stage2=replace(paper_cfg.stage2, layers=1, width=32, heads=2, batch_size=8, lr=3e-3, warmup_steps=2,
+                       steps=20, val_fraction=0.25),
     )
-    cfg.render.proposal_samples = (8,)
-    cfg.render.nerf_samples = 8
-    cfg.render.near = 0.5
-    cfg.render.mlp_hidden = 16
-    cfg.render.proposal_anneal_steps = 10
-    cfg.render.chunk_rays = 1024
-    cfg.train = TrainConfig(
-        batch_size=4, lr=1e-3, disc_lr=1e-3, warmup_steps=2, steps=20, ckpt_every=10,
-        log_every=1, image_every=10, weight_decay=0.0,
-    )
-    cfg.stage2 = Stage2Config(
-        layers=1, width=32, heads=2, batch_size=8, lr=3e-3, warmup_steps=2, steps=20,
-        val_fraction=0.25,
-    )
-    return cfg
 
 
 PRESETS = {"tiny": tiny, "demo": demo, "paper": paper}
