@@ -53,14 +53,32 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _stage1(args: argparse.Namespace) -> int:
     from vq3d.train.stage1 import train_stage1
 
+    if args.resume and not _resumable(args.out):
+        args.resume = False  # nothing saved yet: a fresh run from the command line (prepare_run says so)
+        starting_fresh = True
+    else:
+        starting_fresh = False
     overrides = _run_overrides(args)
     args.overrides = overrides
     cfg = config_from_args(args)  # on --resume the run's saved config is used instead (plus --set)
+    if starting_fresh:
+        print(f"{args.out}: no checkpoint or config to resume; starting a new run", file=sys.stderr)
     if args.steps is not None and not args.resume:
         _scaled_to_steps(cfg, args.steps, args.overrides)
     logs = train_stage1(cfg, args.out, resume=args.resume, overrides=overrides)
     print(json.dumps({k: v for k, v in logs.items()}, default=str), file=sys.stderr)
     return 0
+
+
+def _resumable(out: str) -> bool:
+    """Whether --resume has something to continue: a checkpoint, or the config a run killed
+    before its first checkpoint was started with (vq3d.train.runs.prepare_run)."""
+    from pathlib import Path
+
+    from vq3d.train.checkpoint import latest_checkpoint
+
+    run = Path(out)
+    return run.is_dir() and (latest_checkpoint(run) is not None or (run / "config.yaml").is_file())
 
 
 def _scaled_to_steps(cfg, steps: int, overrides: list[str]) -> None:

@@ -64,8 +64,10 @@ class TrainerCore:
         barrier()
 
     def logger(self) -> RunLogger:
-        """metrics.jsonl and TensorBoard, written by rank 0 (a resumed run continues its log)."""
-        return RunLogger(self.run_dir, enabled=self.is_main, resume_step=self.start_step or None)
+        """metrics.jsonl and TensorBoard, written by rank 0. What an earlier attempt logged after
+        the step this one starts from (0 for a run killed before its first checkpoint) is dropped,
+        so a curve never holds a stretch twice."""
+        return RunLogger(self.run_dir, enabled=self.is_main, resume_step=self.start_step)
 
     def run_control(self, total_steps: int, desc: str, sync_every: int = 10) -> RunControl:
         """The step bound, `train.max_minutes`, signals, divergence checks and the progress bar."""

@@ -9,6 +9,7 @@ and loading a trained Stage-1 model back for evaluation, tokens, generation and 
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import torch
@@ -34,13 +35,20 @@ def prepare_run(run_dir: str | Path, cfg: Config, resume: bool, overrides: list[
     """Create or reopen a run folder. Returns (config to use, step to start from).
 
     A fresh run refuses a folder that already holds checkpoints (use --resume). A resumed run
-    uses the config saved in the folder, with the user's --set overrides applied on top.
+    uses the config saved in the folder, with the user's --set overrides applied on top. A run
+    asked to resume that has no checkpoint yet (killed before its first, or never started) starts
+    at step 0, saying so: with the config it was started with when the folder holds one, else
+    with `cfg`. So a script may always pass --resume.
     """
     run_dir = Path(run_dir)
     ckpt = latest_checkpoint(run_dir) if run_dir.is_dir() else None
-    if resume:
-        if ckpt is None:
-            raise UserError(f"nothing to resume in {run_dir}: it has no checkpoint (drop --resume to start)")
+    if resume and ckpt is None:
+        saved = (run_dir / "config.yaml").is_file()
+        print(f"{run_dir}: no checkpoint to resume yet; starting the run at step 0"
+              f"{' with its saved config' if saved else ''}", file=sys.stderr)
+        cfg = apply_overrides(read_run_config(run_dir), list(overrides)) if saved else cfg
+        start = 0
+    elif resume:
         cfg = apply_overrides(read_run_config(run_dir), list(overrides))
         start = int(load_state_only(ckpt)["step"])
     else:
