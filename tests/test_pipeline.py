@@ -294,7 +294,7 @@ def test_reconstruct_writes_every_promised_file(stage1_run, tmp_path, mode):
     assert main(["reconstruct", "--stage1", str(stage1_run), str(src), "--out", str(out), "--frames", "3",
                  "--mesh-res", "16"]) == 0
     for name in ("input.png", "canonical.png", "depth.png", "disparity.npy", "novel_0.png", "orbit.mp4",
-                 "orbit.gif", "points.ply", "mesh.ply", "mesh.obj", "triplanes.safetensors"):
+                 "orbit.gif", "points.ply", "mesh.ply", "mesh.obj", "mesh.glb", "triplanes.safetensors"):
         assert (out / "photo" / name).is_file(), name
         assert (out / "other" / name).is_file(), name
     summary = json.loads((out / "reconstruct.json").read_text())

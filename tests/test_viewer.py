@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import trimesh
 import torch
 from PIL import Image
 
@@ -314,6 +315,10 @@ def test_downloads_are_valid_files(server):
     lines = mesh_obj.decode().splitlines()
     assert counts["vertex"] == sum(line.startswith("v ") for line in lines)
     assert counts["face"] == sum(line.startswith("f ") for line in lines)
+    status, mesh_glb, headers = export("mesh.glb")
+    assert status == 200 and mesh_glb[:4] == b"glTF" and "mesh.glb" in headers["Content-Disposition"]
+    glb = trimesh.load(io.BytesIO(mesh_glb), file_type="glb", process=False, force="mesh")
+    assert (len(glb.vertices), len(glb.faces)) == (counts["vertex"], counts["face"])
     status, body, _ = export("stl")
     assert status == 400 and "mesh.obj" in json.loads(body)["error"]
 

@@ -137,6 +137,47 @@ def extract_mesh(density: Callable[[Tensor], Tensor], bound: float = 1.0, resolu
     return (verts - bound).astype(np.float32), faces.astype(np.int64)
 
 
+def scene_mesh(model, scene, resolution: int = 64, level: float | None = None,
+               chunk: int = 32768) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Marching cubes on a decoded scene's density over [-1, 1]^3 (`extract_mesh`) and each
+    vertex's NeRF colour: vertices (V, 3) float32, faces (F, 3) int, colours (V, 3) uint8."""
+    device = _device(model)
+    with torch.inference_mode():
+        verts, faces = extract_mesh(lambda x: model.density(scene, x.to(device)), bound=1.0,
+                                    resolution=resolution, level=level, chunk=chunk)
+        points = torch.from_numpy(verts)
+        colours = [model.colour(scene, points[i: i + chunk].to(device)).float().cpu() for i in range(0, len(points), chunk)]
+    rgb = torch.cat(colours) if colours else torch.zeros(0, 3)
+    return verts, faces, (rgb.clamp(0, 1) * 255 + 0.5).to(torch.uint8).numpy()
+
+
+def write_glb(path: str | Path, vertices: np.ndarray, faces: np.ndarray, colors: np.ndarray | None = None) -> None:
+    """Binary glTF (trimesh) with optional per-vertex uint8 colours; opens in any glTF viewer
+    (the world's +y is glTF's up, the canonical camera looks down -z as glTF's does)."""
+    import trimesh
+
+    mesh = trimesh.Trimesh(vertices=np.asarray(vertices, np.float32), faces=np.asarray(faces, np.int64),
+                           vertex_colors=None if colors is None else np.asarray(colors, np.uint8), process=False)
+    data = mesh.export(file_type="glb")
+    atomic_write(path, lambda p: Path(p).write_bytes(data))
+
+
+MESH_FORMATS = ("ply", "obj", "glb")
+
+
+def write_mesh(path: str | Path, vertices: np.ndarray, faces: np.ndarray, colors: np.ndarray | None = None) -> None:
+    """A mesh in the format its suffix names: .ply (binary), .obj (colours as `v x y z r g b`), .glb."""
+    suffix = Path(path).suffix.lstrip(".").lower()
+    if suffix == "ply":
+        write_ply(path, vertices, colors, faces=faces)
+    elif suffix == "obj":
+        write_obj(path, vertices, faces, colors)
+    elif suffix == "glb":
+        write_glb(path, vertices, faces, colors)
+    else:
+        raise ValueError(f"mesh format .{suffix} is not one of {', '.join(MESH_FORMATS)}")
+
+
 def save_scene(path: str | Path, scene, metadata: dict[str, str] | None = None) -> None:
     """Save a decoded scene (triplanes (1, 3, C, R, R) or an implicit field's latents) as safetensors."""
     tensor = scene if isinstance(scene, Tensor) else scene.latents

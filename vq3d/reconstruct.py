@@ -2,8 +2,8 @@
 
 For each image, OUT/<name>/ holds input.png (the centre crop the model saw), canonical.png,
 depth.png (colorized) and disparity.npy, novel_K.png at `radius`, orbit.mp4 / orbit.gif,
-points.ply (coloured point cloud from the rendered depth), mesh.ply and mesh.obj (marching
-cubes on the density field) and triplanes.safetensors. OUT/reconstruct.json lists what was
+points.ply (coloured point cloud from the rendered depth), mesh.ply, mesh.obj and mesh.glb
+(marching cubes on the density field, vertex colours from the NeRF) and triplanes.safetensors. OUT/reconstruct.json lists what was
 written and which files were skipped and why.
 """
 
@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from vq3d.data.decode import BadImageError, is_image_name, load_crop
 from vq3d.errors import UserError
-from vq3d.export import depth_to_points, extract_mesh, save_scene, write_obj, write_ply
+from vq3d.export import MESH_FORMATS, depth_to_points, save_scene, scene_mesh, write_mesh, write_ply
 from vq3d.generate import render_scene_files
 from vq3d.train.runs import load_stage1
 from vq3d.utils.images import save_png
@@ -54,8 +54,9 @@ def _folder_name(path: Path, taken: set[str]) -> str:
 @torch.no_grad()
 def reconstruct(stage1_run: str | Path, inputs: list[str | Path], out_dir: str | Path, radius: float | None = None,
                 n_frames: int = 48, n_views: int = 4, mesh_resolution: int = 64, batch_size: int = 8,
-                device: str = "cpu") -> dict:
-    """Reconstruct every input image (see module docstring); returns the summary record."""
+                device: str = "cpu", mesh_level: float | None = None) -> dict:
+    """Reconstruct every input image (see module docstring); returns the summary record.
+    mesh_level: the marching-cubes density threshold (None: from the field's own statistics)."""
     model, cfg = load_stage1(stage1_run, device)
     radius = cfg.render.sampling_radius if radius is None else radius
     files = list_inputs(inputs)
@@ -85,10 +86,9 @@ def reconstruct(stage1_run: str | Path, inputs: list[str | Path], out_dir: str |
             points, colors = depth_to_points(model.canonical_cameras(1, device), canon.depth, canon.rgb,
                                              canon.opacity)
             write_ply(folder / "points.ply", points, colors)
-            verts, faces = extract_mesh(lambda x: model.density(scene, x.to(device)), bound=1.0,
-                                        resolution=mesh_resolution)
-            write_ply(folder / "mesh.ply", verts, faces=faces)
-            write_obj(folder / "mesh.obj", verts, faces)
+            verts, faces, vertex_colours = scene_mesh(model, scene, mesh_resolution, mesh_level)
+            for fmt in MESH_FORMATS:
+                write_mesh(folder / f"mesh.{fmt}", verts, faces, vertex_colours)
             save_scene(folder / "triplanes.safetensors", scene)
             done.append({"input": str(f), "folder": folder.name, "mesh_faces": int(len(faces)),
                          "points": int(len(points))})

@@ -8,14 +8,16 @@ import sys
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("reconstruct", help="turn photos into NeRFs (views, depth, video, point cloud, mesh)")
+    p = sub.add_parser("reconstruct", help="turn photos into NeRFs (views, depth, video, point cloud, PLY/OBJ/GLB mesh)")
     p.add_argument("--stage1", required=True, help="Stage-1 run folder")
     p.add_argument("inputs", nargs="+", help="image files or folders (JPEG, PNG, WebP, any size or mode)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--radius", type=float, help="novel-view radius (default: the training sampling radius)")
     p.add_argument("--frames", type=int, default=48, help="orbit video frames (0 = no video)")
     p.add_argument("--views", type=int, default=4, help="novel views per image")
-    p.add_argument("--mesh-res", type=int, default=64, help="marching-cubes grid size")
+    p.add_argument("--mesh-res", type=int, default=64, help="marching-cubes grid size (per axis, over [-1, 1]^3)")
+    p.add_argument("--mesh-level", type=float, help="marching-cubes density threshold (default: halfway between "
+                   "the field's median and its 99th percentile)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=_run)
@@ -26,6 +28,6 @@ def _run(args: argparse.Namespace) -> int:
 
     summary = reconstruct(args.stage1, args.inputs, args.out, radius=args.radius, n_frames=args.frames,
                           n_views=args.views, mesh_resolution=args.mesh_res, batch_size=args.batch_size,
-                          device=args.device)
+                          device=args.device, mesh_level=args.mesh_level)
     print(json.dumps({"written": len(summary["images"]), "skipped": len(summary["skipped"])}), file=sys.stderr)
     return 0

@@ -90,6 +90,10 @@ class Stage1Model(nn.Module):
         """NeRF density of one scene (batch 1) at world points (N, 3) -> (N,)."""
         return self.renderer.density(scene, points[None])[0]
 
+    def colour(self, scene: Scene, points: Tensor) -> Tensor:
+        """NeRF colour (N, 3) in [0, 1] of one scene (batch 1) at world points (N, 3)."""
+        return self.renderer.field_at(scene, points[None])[1][0]
+
     def reconstruct(self, images: Tensor, cameras: Cameras | None = None) -> RenderOutput:
         """One forward pass from images to a NeRF, rendered from `cameras` (default: canonical)."""
         if cameras is None:

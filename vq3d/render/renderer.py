@@ -279,13 +279,18 @@ class Renderer(nn.Module):
         return contract(points * scale if scale != 1.0 else points, self.cfg.contraction)
 
     @torch.no_grad()
-    def density(self, features: FeatureSource, points: Tensor) -> Tensor:
-        """NeRF-MLP density at world points (B, M, 3) -> (B, M) (meshes, probes)."""
+    def field_at(self, features: FeatureSource, points: Tensor) -> tuple[Tensor, Tensor]:
+        """NeRF-MLP density (B, M) and colour (B, M, 3) in [0, 1] at world points (B, M, 3)
+        (meshes and their vertex colours, probes). The colour does not depend on the view."""
         source = _Features(features, self.cfg.plane_reduce)
         coords = self.plane_coords(points)
-        density, _ = source.field(self.nerf_mlp, upcast(coords), grad=False, keep_table=False,
-                                  policy=self.execution_policy(points.device))
-        return density.reshape(points.shape[:2])
+        density, rgb = source.field(self.nerf_mlp, upcast(coords), grad=False, keep_table=False,
+                                    policy=self.execution_policy(points.device))
+        return density.reshape(points.shape[:2]), rgb.reshape(*points.shape[:2], 3)
+
+    def density(self, features: FeatureSource, points: Tensor) -> Tensor:
+        """NeRF-MLP density at world points (B, M, 3) -> (B, M) (meshes, probes)."""
+        return self.field_at(features, points)[0]
 
     # ------------------------------------------------------------------ internals
 

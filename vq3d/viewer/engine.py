@@ -25,7 +25,7 @@ import torch
 
 from vq3d.data.decode import BadImageError, load_crop
 from vq3d.errors import UserError
-from vq3d.export import depth_to_points, extract_mesh, orbit_frames, write_obj, write_ply, write_video
+from vq3d.export import depth_to_points, orbit_frames, scene_mesh, write_mesh, write_ply, write_video
 from vq3d.render.cameras import Cameras, disc_offsets_to_cameras
 from vq3d.utils.images import colorize, to_uint8, to_unit
 
@@ -39,6 +39,7 @@ EXPORT_KINDS = {
     "points.ply": ("application/octet-stream", "points.ply"),
     "mesh.ply": ("application/octet-stream", "mesh.ply"),
     "mesh.obj": ("text/plain; charset=utf-8", "mesh.obj"),
+    "mesh.glb": ("model/gltf-binary", "mesh.glb"),
 }
 
 
@@ -256,7 +257,8 @@ class ViewerEngine:
 
         mp4 / gif: an orbit along the rim of the training sampling disc (RGB, or RGB | depth when
         `mode` is depth or side). points.ply: the coloured point cloud of the current view at the
-        refine size. mesh.ply / mesh.obj: marching cubes on the density field over [-1, 1]^3.
+        refine size. mesh.ply / mesh.obj / mesh.glb: marching cubes on the density field over [-1, 1]^3,
+        vertex colours from the NeRF.
         """
         if kind not in EXPORT_KINDS:
             raise ViewerError(400, f"unknown download '{kind}': use one of {', '.join(EXPORT_KINDS)}")
@@ -276,21 +278,14 @@ class ViewerEngine:
                 points, colors = depth_to_points(cams, out.depth, out.rgb, out.opacity)
                 write_ply(folder / "points.ply", points, colors)
                 return (folder / "points.ply").read_bytes()
-            verts, faces = self._mesh(entry)
-            if kind == "mesh.ply":
-                write_ply(folder / "mesh.ply", verts, faces=faces)
-            else:
-                write_obj(folder / "mesh.obj", verts, faces)
+            write_mesh(folder / kind, *self._mesh(entry))
             return (folder / kind).read_bytes()
 
-    def _mesh(self, entry) -> tuple[np.ndarray, np.ndarray]:
+    def _mesh(self, entry) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         mesh = entry.cache.get("mesh")
         if mesh is None:
-            def density(points: torch.Tensor) -> torch.Tensor:
-                with self.lock, torch.inference_mode():
-                    return self.model.density(entry.scene, points.to(self.device))
-
-            mesh = extract_mesh(density, bound=1.0, resolution=self.options.mesh_resolution, chunk=32768)
+            with self.lock:
+                mesh = scene_mesh(self.model, entry.scene, self.options.mesh_resolution)
             entry.cache["mesh"] = mesh
         return mesh
 

@@ -7,7 +7,7 @@
     POST /api/sample?session=S&class=C&seed=K  sample a new scene with Stage 2
     GET  /api/frame?session=S&dx=&dy=&mode=rgb|depth|side&size=N   PNG frame
     GET  /api/input?session=S                PNG of the centre crop the encoder saw (uploads)
-    GET  /api/export?session=S&kind=mp4|gif|points.ply|mesh.ply|mesh.obj&dx=&dy=&mode=   a download
+    GET  /api/export?session=S&kind=mp4|gif|points.ply|mesh.ply|mesh.obj|mesh.glb&dx=&dy=&mode=   a download
 
 Errors are JSON {"error": message} with a 4xx status (5xx for bugs, logged); a request never
 takes the server down.
