@@ -73,22 +73,6 @@ def lpips_files(tmp_path_factory):
     return str(folder / "vgg16.pth"), str(folder / "vgg.pth")
 
 
-@pytest.fixture(scope="module")
-def tiny_dpt(tmp_path_factory):
-    from transformers import DPTConfig, DPTForDepthEstimation
-    from transformers.models.dpt.image_processing_pil_dpt import DPTImageProcessorPil
-
-    folder = tmp_path_factory.mktemp("tiny-dpt")
-    torch.manual_seed(0)
-    config = DPTConfig(hidden_size=16, num_hidden_layers=4, num_attention_heads=2, intermediate_size=32,
-                       image_size=32, patch_size=8, backbone_out_indices=[0, 1, 2, 3],
-                       neck_hidden_sizes=[8, 8, 8, 8], fusion_hidden_size=8, head_hidden_size=8,
-                       reassemble_factors=[4, 2, 1, 0.5])
-    DPTForDepthEstimation(config).save_pretrained(folder)
-    DPTImageProcessorPil(size={"height": 32, "width": 32}).save_pretrained(folder)
-    return str(folder)
-
-
 def test_train_features_saves_a_loadable_net_with_its_info(runs, features) -> None:
     info = json.loads((features / FEATURE_INFO_FILE).read_text())
     assert info["trained_steps"] == info["steps"] == 6

@@ -20,6 +20,7 @@ from vq3d.data.decode import BadImageError, is_image_name, load_crop
 from vq3d.errors import UserError
 from vq3d.export import MESH_FORMATS, depth_to_points, save_scene, scene_mesh, write_mesh, write_ply
 from vq3d.generate import render_scene_files
+from vq3d.refine import Refiner, refine_scene
 from vq3d.train.runs import load_stage1
 from vq3d.utils.images import save_png
 from vq3d.utils.io import atomic_write_json
@@ -52,12 +53,31 @@ def _folder_name(path: Path, taken: set[str]) -> str:
 
 
 @torch.no_grad()
+def _pseudo_disparity(estimator, path: Path, resolution: int, device: str) -> torch.Tensor:
+    """The depth model's relative disparity (1, 1, R, R) of the photo's centre crop."""
+    height, width = estimator.input_size
+    crop = torch.from_numpy(load_crop(str(path), max(height, width)))[None]  # (1, S, S, 3) uint8
+    if crop.shape[1:3] != (height, width):
+        crop = torch.nn.functional.interpolate(crop.permute(0, 3, 1, 2).float(), size=(height, width), mode="bilinear",
+                                               antialias=True).round().clamp(0, 255).byte().permute(0, 2, 3, 1)
+    return estimator.predict_disparity(crop, resolution)[:, None].to(device)
+
+
 def reconstruct(stage1_run: str | Path, inputs: list[str | Path], out_dir: str | Path, radius: float | None = None,
                 n_frames: int = 48, n_views: int = 4, mesh_resolution: int = 64, batch_size: int = 8,
-                device: str = "cpu", mesh_level: float | None = None) -> dict:
+                device: str = "cpu", mesh_level: float | None = None, refine_steps: int = 0,
+                refine_target: str = "planes", refine_lr: float = 0.01, depth_model: str | None = None) -> dict:
     """Reconstruct every input image (see module docstring); returns the summary record.
-    mesh_level: the marching-cubes density threshold (None: from the field's own statistics)."""
+    mesh_level: the marching-cubes density threshold (None: from the field's own statistics).
+    refine_steps > 0: refine each one-pass scene to its photo (`vq3d.refine`), with the depth
+    loss when `depth_model` (a local folder or cached hub id of a depth model) is given."""
     model, cfg = load_stage1(stage1_run, device)
+    refiner = Refiner(model, stage1_run) if refine_steps > 0 else None
+    estimator = None
+    if refiner is not None and depth_model:
+        from vq3d.data.depth_model import DepthEstimator
+
+        estimator = DepthEstimator(depth_model, device=device)
     radius = cfg.render.sampling_radius if radius is None else radius
     files = list_inputs(inputs)
     out_dir = Path(out_dir)
@@ -82,6 +102,11 @@ def reconstruct(stage1_run: str | Path, inputs: list[str | Path], out_dir: str |
                 scenes.field, scenes.latents[j: j + 1])
             folder = out_dir / _folder_name(f, taken)
             save_png(folder / "input.png", crops[j])
+            if refiner is not None:
+                disparity = _pseudo_disparity(estimator, f, res, device) if estimator is not None else None
+                scene, terms, _ = refine_scene(refiner, images[j: j + 1], refine_steps, refine_target, refine_lr,
+                                               disparity, progress=len(files) == 1)
+                done_terms = {k: round(v, 5) for k, v in terms.items()}
             canon = render_scene_files(model, scene, folder, radius, n_views, n_frames)["canonical"]
             points, colors = depth_to_points(model.canonical_cameras(1, device), canon.depth, canon.rgb,
                                              canon.opacity)
@@ -91,10 +116,13 @@ def reconstruct(stage1_run: str | Path, inputs: list[str | Path], out_dir: str |
                 write_mesh(folder / f"mesh.{fmt}", verts, faces, vertex_colours)
             save_scene(folder / "triplanes.safetensors", scene)
             done.append({"input": str(f), "folder": folder.name, "mesh_faces": int(len(faces)),
-                         "points": int(len(points))})
+                         "points": int(len(points)),
+                         **({"refine": {"steps": refine_steps, "target": refine_target, "last_losses": done_terms}}
+                            if refiner is not None else {})})
     for path, reason in skipped.items():
         print(f"skipped {path}: {reason}")
-    summary = {"stage1": str(stage1_run), "radius": radius, "images": done, "skipped": skipped}
+    summary = {"stage1": str(stage1_run), "radius": radius, "images": done, "skipped": skipped,
+               "refine_steps": refine_steps, "depth_model": depth_model if refiner is not None else None}
     atomic_write_json(out_dir / "reconstruct.json", summary)
     if not done:
         raise UserError(f"none of the {len(files)} input files could be read (see {out_dir}/reconstruct.json)")

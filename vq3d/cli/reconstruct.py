@@ -18,6 +18,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--mesh-res", type=int, default=64, help="marching-cubes grid size (per axis, over [-1, 1]^3)")
     p.add_argument("--mesh-level", type=float, help="marching-cubes density threshold (default: halfway between "
                    "the field's median and its 99th percentile)")
+    p.add_argument("--refine", type=int, default=0, metavar="N",
+                   help="then optimize each scene against its photo for N steps, MLPs frozen (0 = one pass only)")
+    p.add_argument("--refine-target", choices=("planes", "latents"), default="planes",
+                   help="what --refine optimizes: the decoded triplanes or the decoder's continuous input")
+    p.add_argument("--refine-lr", type=float, default=0.01, help="Adam learning rate of --refine")
+    p.add_argument("--depth-model", help="with --refine: a depth model (local folder or cached hub id) whose "
+                   "relative disparity adds the depth loss of Eq. 1-2")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=_run)
@@ -28,6 +35,8 @@ def _run(args: argparse.Namespace) -> int:
 
     summary = reconstruct(args.stage1, args.inputs, args.out, radius=args.radius, n_frames=args.frames,
                           n_views=args.views, mesh_resolution=args.mesh_res, batch_size=args.batch_size,
-                          device=args.device, mesh_level=args.mesh_level)
+                          device=args.device, mesh_level=args.mesh_level,
+                          refine_steps=args.refine, refine_target=args.refine_target, refine_lr=args.refine_lr,
+                          depth_model=args.depth_model)
     print(json.dumps({"written": len(summary["images"]), "skipped": len(summary["skipped"])}), file=sys.stderr)
     return 0
