@@ -22,6 +22,7 @@ COMMAND_MODULES = [
     "vq3d.cli.tokens",
     "vq3d.cli.generate",
     "vq3d.cli.reconstruct",
+    "vq3d.cli.export_run",
     "vq3d.cli.eval",
     "vq3d.cli.view",
     "vq3d.cli.demo",

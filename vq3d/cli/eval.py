@@ -89,7 +89,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     kinds = p.add_subparsers(dest="kind", metavar="WHAT", required=True)
 
     s1 = kinds.add_parser("stage1", help="Stage 1 on held-out synthetic scenes vs ground truth")
-    s1.add_argument("--run", required=True, help="Stage-1 run folder")
+    s1.add_argument("--run", required=True, help="Stage-1 run, exported folder (vq3d export-run) or cached hub id")
     s1.add_argument("--data", required=True, help="synthetic dataset folder (vq3d synth)")
     s1.add_argument("--split", default="test", choices=("test", "train", "all"),
                     help="test (held-out scenes, default), train, or all scenes")
@@ -123,8 +123,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     gen = kinds.add_parser("generation", help="FID/IS/KID, depth accuracy, disparity scale, non-flatness "
                                               "of reconstructions (Stage 1) and samples (Stage 2)")
-    gen.add_argument("--stage1", required=True, help="Stage-1 run folder")
-    gen.add_argument("--stage2", help="Stage-2 run folder (adds the sample metrics)")
+    gen.add_argument("--stage1", required=True, help="Stage-1 run, exported folder (vq3d export-run) or cached hub id")
+    gen.add_argument("--stage2", help="Stage-2 run, exported folder or cached hub id (adds sample metrics)")
     gen.add_argument("--data", required=True, help="dataset whose real images are the reference")
     gen.add_argument("--n", type=int, default=1000, help="reconstructions and samples to score")
     gen.add_argument("--depth-model", help="depth model folder or cached hub id (depth accuracy, disparity scale)")
@@ -135,8 +135,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     gen.set_defaults(func=_generation)
 
     rad = kinds.add_parser("radius", help="FID and ground-truth metrics against the novel-view radius (Fig. 7)")
-    rad.add_argument("--stage1", required=True, help="Stage-1 run folder")
-    rad.add_argument("--stage2", help="Stage-2 run folder (adds FID of samples against radius)")
+    rad.add_argument("--stage1", required=True, help="Stage-1 run, exported folder (vq3d export-run) or cached hub id")
+    rad.add_argument("--stage2", help="Stage-2 run, exported folder or cached hub id (adds sample FID by radius)")
     rad.add_argument("--data", required=True, help="synthetic dataset (ground truth) or real images (FID only)")
     rad.add_argument("--radii", required=True, help="comma-separated radii, e.g. 0,0.1,0.2,0.3")
     rad.add_argument("--out", required=True, help="folder for radius.csv and the plots")
@@ -150,7 +150,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     rf = kinds.add_parser("refine", help="one-pass reconstructions against refined ones (vq3d reconstruct "
                                          "--refine), scored against ground truth on held-out synthetic scenes")
-    rf.add_argument("--run", required=True, help="Stage-1 run folder")
+    rf.add_argument("--run", required=True, help="Stage-1 run, exported folder (vq3d export-run) or cached hub id")
     rf.add_argument("--data", required=True, help="synthetic dataset (vq3d synth); its held-out scenes are scored")
     rf.add_argument("--steps", default="0,25,100", help="comma-separated refine step counts (0 = one pass)")
     rf.add_argument("--targets", default="planes,latents", help="what is optimized: planes, latents or both")

@@ -9,8 +9,8 @@ import sys
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("generate", help="sample new 3D scenes with Stage 2 and render them")
-    p.add_argument("--stage1", required=True, help="Stage-1 run folder")
-    p.add_argument("--stage2", required=True, help="Stage-2 run folder")
+    p.add_argument("--stage1", required=True, help="Stage-1 run, exported folder (vq3d export-run) or cached hub id")
+    p.add_argument("--stage2", required=True, help="Stage-2 run, exported folder or cached hub id")
     p.add_argument("--class", dest="class_label", help="class id or name (default: a random class each)")
     p.add_argument("-n", type=int, default=8, help="number of scenes")
     p.add_argument("--out", required=True, help="output folder")

@@ -9,7 +9,7 @@ import sys
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("reconstruct", help="turn photos into NeRFs (views, depth, video, point cloud, PLY/OBJ/GLB mesh)")
-    p.add_argument("--stage1", required=True, help="Stage-1 run folder")
+    p.add_argument("--stage1", required=True, help="Stage-1 run, exported folder (vq3d export-run) or cached hub id")
     p.add_argument("inputs", nargs="+", help="image files or folders (JPEG, PNG, WebP, any size or mode)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--radius", type=float, help="novel-view radius (default: the training sampling radius)")

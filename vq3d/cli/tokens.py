@@ -9,7 +9,7 @@ import sys
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("tokens", help="encode a dataset with the Stage-1 encoder (for Stage 2)")
-    p.add_argument("--stage1", required=True, help="Stage-1 run folder")
+    p.add_argument("--stage1", required=True, help="Stage-1 run, exported folder (vq3d export-run) or cached hub id")
     p.add_argument("--data", required=True, help="dataset folder or file list")
     p.add_argument("--out", required=True, help="token folder (ids.npy, labels.npy, tokens.json)")
     p.add_argument("--split", default="train", help="dataset split to encode (default: train)")

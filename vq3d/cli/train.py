@@ -101,9 +101,12 @@ def _stage2(args: argparse.Namespace) -> int:
     overrides = _run_overrides(args)
     args.overrides = overrides
     if args.preset is None and not args.config and args.stage1:
-        from vq3d.train.runs import read_run_config
+        from vq3d.models.hub import hub_folder, read_hub_config
+        from vq3d.train.runs import is_run_folder, read_run_config
 
-        args.preset = read_run_config(args.stage1).preset  # the Stage-1 run's preset by default
+        # the Stage-1 model's preset by default
+        args.preset = (read_run_config(args.stage1) if is_run_folder(args.stage1) else
+                       read_hub_config(hub_folder(args.stage1), "stage1")[0]).preset
     cfg = config_from_args(args)
     logs = train_stage2(cfg, args.tokens, args.out, resume=args.resume, overrides=overrides,
                         stage1_run=args.stage1)

@@ -7,8 +7,8 @@ import argparse
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("view", help="interactive 3D viewer in the browser (upload, sample, orbit, download)")
-    p.add_argument("--stage1", required=True, help="Stage-1 run folder")
-    p.add_argument("--stage2", help="Stage-2 run folder (enables sampling new scenes by class)")
+    p.add_argument("--stage1", required=True, help="Stage-1 run, exported folder (vq3d export-run) or cached hub id")
+    p.add_argument("--stage2", help="Stage-2 run, exported folder or cached hub id (enables sampling by class)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (0 = any free port)")
     p.add_argument("--size", type=int, default=64, help="frame size while the camera moves")

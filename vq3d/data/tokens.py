@@ -44,11 +44,19 @@ def stage1_codebook_hash(run_dir: str | Path) -> str:
 
     from vq3d.train.checkpoint import latest_checkpoint
 
-    ckpt = latest_checkpoint(run_dir)
-    if ckpt is None:
-        raise UserError(f"{run_dir} has no Stage-1 checkpoint")
-    name = "ema" if (ckpt / "ema.safetensors").is_file() else "model"  # as `load_stage1` chooses
-    with safe_open(str(ckpt / f"{name}.safetensors"), framework="pt") as f:
+    from vq3d.train.runs import is_run_folder
+
+    if is_run_folder(run_dir):
+        ckpt = latest_checkpoint(run_dir)
+        if ckpt is None:
+            raise UserError(f"{run_dir} has no Stage-1 checkpoint")
+        name = "ema" if (ckpt / "ema.safetensors").is_file() else "model"  # as `load_stage1` chooses
+        weights = ckpt / f"{name}.safetensors"
+    else:  # an exported model (vq3d export-run) or a hub id in the local cache
+        from vq3d.models.hub import WEIGHTS, hub_folder
+
+        weights = hub_folder(str(run_dir)) / WEIGHTS
+    with safe_open(str(weights), framework="pt") as f:
         codes = f.get_tensor("quantizer.codebook.weight").float().contiguous().numpy()
     return hashlib.sha256(codes.tobytes()).hexdigest()[:16]
 
@@ -63,8 +71,9 @@ def check_same_codebook(stage1_run: str | Path, expected_hash: str, what: str) -
 def _stage1_identity(run_dir: Path, model) -> dict[str, Any]:
     from vq3d.train.checkpoint import latest_checkpoint
 
-    ckpt = latest_checkpoint(run_dir)
-    return {"stage1_run": str(run_dir.resolve()), "stage1_checkpoint": ckpt.name if ckpt else None,
+    ckpt = latest_checkpoint(run_dir) if Path(run_dir).is_dir() else None
+    where = str(Path(run_dir).resolve()) if Path(run_dir).exists() else str(run_dir)  # a hub id stays an id
+    return {"stage1_run": where, "stage1_checkpoint": ckpt.name if ckpt else None,
             "codebook_hash": codebook_fingerprint(model)}
 
 

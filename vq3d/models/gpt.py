@@ -30,6 +30,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from vq3d.config import Stage2Config
+from vq3d.models.hub import VQ3DHubMixin
 
 
 class KVCache:
@@ -129,13 +130,20 @@ class Block(nn.Module):
         return x + self.mlp(self.ln2(x))
 
 
-class GPT(nn.Module):
-    """Next-image-token model. `GPT(vocab_size, seq_len, num_classes, cfg)`.
+class GPT(nn.Module, VQ3DHubMixin):
+    """Next-image-token model. `GPT(vocab_size, seq_len, num_classes, cfg)`;
+    `GPT.from_pretrained(dir_or_hub_id)` loads an exported one (vq3d.models.hub).
 
     vocab_size: Stage-1 codebook size K. seq_len: image tokens per image (h*w). num_classes: 0 for
     an unconditional model, else the number of classes (labels 0..num_classes-1; label
     `num_classes` is the null class).
     """
+
+    hub_kind = "stage2"
+
+    @classmethod
+    def from_hub_config(cls, cfg, meta: dict) -> "GPT":
+        return cls(meta["codebook_size"], meta["seq_len"], meta["num_classes"], cfg.stage2)
 
     def __init__(self, vocab_size: int, seq_len: int, num_classes: int, cfg: Stage2Config):
         super().__init__()

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from vq3d.config import Config
 from vq3d.models.decoder import BoundImplicitField, CNNTriplaneDecoder, ImplicitDecoder, ImplicitField, TriplaneDecoder
 from vq3d.models.encoder import CNNEncoder, ViTEncoder
+from vq3d.models.hub import VQ3DHubMixin
 from vq3d.models.quantizer import Quantizer, QuantizerOutput
 from vq3d.render.cameras import Cameras, canonical_cameras
 from vq3d.render.renderer import Renderer, RenderOutput
@@ -28,7 +29,16 @@ from vq3d.render.renderer import Renderer, RenderOutput
 Scene = Union[Tensor, BoundImplicitField]
 
 
-class Stage1Model(nn.Module):
+class Stage1Model(nn.Module, VQ3DHubMixin):
+    """The Stage-1 model of `cfg`; `Stage1Model.from_pretrained(dir_or_hub_id)` loads an exported
+    one (vq3d.models.hub)."""
+
+    hub_kind = "stage1"
+
+    @classmethod
+    def from_hub_config(cls, cfg: Config, meta: dict) -> "Stage1Model":
+        return cls(cfg)
+
     def __init__(self, cfg: Config) -> None:
         super().__init__()
         m, res = cfg.model, cfg.data.resolution

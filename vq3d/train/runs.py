@@ -67,10 +67,21 @@ def load_state_only(ckpt: Path) -> dict:
     return json.loads((ckpt / "state.json").read_text())
 
 
+def is_run_folder(path: str | Path) -> bool:
+    """A training run's folder (its resolved config.yaml), as opposed to an exported model."""
+    return (Path(path) / "config.yaml").is_file()
+
+
 def load_stage1(run_dir: str | Path, device: torch.device | str = "cpu", use_ema: bool = True):
-    """A trained `Stage1Model` (eval mode) and its config from a run folder (EMA weights if saved)."""
+    """A trained `Stage1Model` (eval mode) and its config from a run folder (EMA weights if
+    saved), an exported folder (`vq3d export-run`) or a hub id in the local cache."""
     from vq3d.models.stage1 import Stage1Model
 
+    if not is_run_folder(run_dir):
+        from vq3d.models.hub import hub_folder
+
+        model = Stage1Model.from_pretrained(hub_folder(run_dir))  # a folder, or the cache: UserError if neither
+        return model.to(device).eval(), model.cfg
     cfg = read_run_config(run_dir)
     ckpt = latest_checkpoint(run_dir)
     if ckpt is None:

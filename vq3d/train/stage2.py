@@ -169,12 +169,18 @@ def train_stage2(cfg: Config, tokens_dir: str | Path, run_dir: str | Path, resum
 
 
 def load_stage2(run_dir: str | Path, device: torch.device | str = "cpu") -> tuple[GPT, Config, dict]:
-    """A trained GPT (eval mode), its config and its stage2.json from a Stage-2 run folder."""
+    """A trained GPT (eval mode), its config and its stage2.json from a Stage-2 run folder, an
+    exported folder (`vq3d export-run`) or a hub id in the local cache."""
     import json
 
     from vq3d.train.checkpoint import latest_checkpoint
-    from vq3d.train.runs import read_run_config
+    from vq3d.train.runs import is_run_folder, read_run_config
 
+    if not is_run_folder(run_dir):
+        from vq3d.models.hub import hub_folder
+
+        model = GPT.from_pretrained(hub_folder(run_dir))  # a folder, or the cache: UserError if neither
+        return model.to(device).eval(), model.hub_cfg, model.hub_meta
     meta_path = Path(run_dir) / "stage2.json"
     if not meta_path.is_file():
         raise UserError(f"{run_dir} is not a Stage-2 run (no stage2.json): pass the --out of `vq3d train stage2`")
