@@ -204,7 +204,7 @@ def test_bad_input_exits_with_a_one_line_error(runs, args, message, capsys) -> N
 
 
 def test_missing_runs_and_data_without_ground_truth_are_user_errors(runs, tmp_path) -> None:
-    with pytest.raises(UserError, match="not a vq3d run folder"):
+    with pytest.raises(UserError, match="does not exist: pass a vq3d run folder"):
         evaluate_generation(tmp_path / "nope", runs["data"], **QUIET)
     images = tmp_path / "photos"
     images.mkdir()

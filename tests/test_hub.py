@@ -84,5 +84,5 @@ def test_a_hub_id_loads_from_the_local_cache_only(runs, tmp_path, monkeypatch):
     assert _same_weights(model, Stage1Model.from_pretrained(export))
     with pytest.raises(UserError, match="downloads nothing"):
         load_stage1("someone/not-there")
-    with pytest.raises(UserError, match="not a stage1 model|holds no vq3d"):
+    with pytest.raises(UserError, match="not a stage1 model|not a vq3d run folder"):
         load_stage1(runs["root"] / "export2" if (runs["root"] / "export2").is_dir() else tmp_path)

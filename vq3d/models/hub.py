@@ -134,7 +134,8 @@ def hub_folder(model_id: str | Path, *, revision: str | None = None, cache_dir: 
     if os.path.isdir(model_id):
         return Path(model_id)
     if Path(model_id).is_absolute() or str(model_id).startswith("."):
-        raise UserError(f"{model_id} does not exist: pass a run folder, an exported folder or a hub id")
+        raise UserError(f"{model_id} does not exist: pass a vq3d run folder (its config.yaml), an exported "
+                        "model (vq3d export-run) or a hub id")
     try:
         return Path(snapshot_download(str(model_id), revision=revision, cache_dir=cache_dir,
                                       force_download=force_download, local_files_only=local_files_only, token=token))
@@ -151,7 +152,8 @@ def read_hub_config(folder: Path, kind: str) -> tuple[Config, dict[str, Any]]:
     try:
         values = json.loads(path.read_text())
     except (OSError, ValueError):
-        raise UserError(f"{folder} holds no vq3d {CONFIG}: export a run with `vq3d export-run RUN --out DIR`") from None
+        raise UserError(f"{folder} is not a vq3d run folder (no config.yaml) nor an exported model (no {CONFIG}): "
+                        "pass the --out of a training run, or of `vq3d export-run`") from None
     if values.get("vq3d_format") != FORMAT or values.get("kind") != kind:
         raise UserError(f"{folder} holds a vq3d {values.get('kind') or 'unknown'} model (format "
                         f"{values.get('vq3d_format')}), not a {kind} model of format {FORMAT}")
