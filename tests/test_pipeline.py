@@ -299,6 +299,18 @@ def test_reconstruct_writes_every_promised_file(stage1_run, tmp_path, mode):
         assert (out / "other" / name).is_file(), name
     summary = json.loads((out / "reconstruct.json").read_text())
     assert len(summary["images"]) == 2 and any("broken" in k for k in summary["skipped"])
+    # and what the files hold: the model's resolution, a depth map, one mesh in three formats
+    import trimesh
+    from safetensors.torch import load_file
+
+    folder = out / "photo"
+    assert Image.open(folder / "canonical.png").size == Image.open(folder / "novel_0.png").size == (16, 16)
+    disparity = np.load(folder / "disparity.npy")
+    assert disparity.shape[-2:] == (16, 16) and np.isfinite(disparity).all() and (disparity >= 0).all()
+    meshes = [trimesh.load(folder / f"mesh.{fmt}", process=False, force="mesh") for fmt in ("ply", "obj", "glb")]
+    assert len({(len(m.vertices), len(m.faces)) for m in meshes}) == 1
+    assert next(r for r in summary["images"] if r["folder"] == "photo")["mesh_faces"] == len(meshes[0].faces)
+    assert load_file(str(folder / "triplanes.safetensors"))["triplanes"].shape[:2] == (1, 3)
 
 
 def test_metric_depth_target_is_chosen_for_synthetic_data_and_refused_for_relative_depth(synth, tmp_path):
