@@ -352,7 +352,8 @@ def test_steps_scale_the_schedule_shape_and_keep_what_was_set(synth, tmp_path):
     from vq3d.train.runs import read_run_config
     from vq3d.train.planner import scale_schedule
 
-    cfg = demo()  # 9,200 steps: GAN from 8,740, warm-ups of 100, the s* floor fading over 600
+    cfg = demo()  # 9,200 steps: GAN from 8,740, warm-ups of 100
+    cfg.loss.depth_scale_floor_steps = 600  # a fading s* floor scales too (0, the whole run, stays 0)
     scale_schedule(cfg, 16000)
     f = 16000 / 9200
     assert (cfg.train.steps, cfg.loss.gan_start_steps) == (16000, round(8740 * f))
