@@ -20,7 +20,6 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file
 from torch import Tensor
 from tqdm import tqdm
 
@@ -29,7 +28,7 @@ from vq3d.losses.depth import depth_loss, normalize_disparity
 from vq3d.losses.perceptual import build_perceptual
 from vq3d.losses.reconstruction import LogitLaplaceLoss, mse_loss
 from vq3d.losses.stage1 import nerf_regularizers
-from vq3d.train.checkpoint import latest_checkpoint
+from vq3d.train.checkpoint import latest_checkpoint, load_checkpoint
 
 RefineTarget = Literal["planes", "latents"]
 TARGETS = ("planes", "latents")
@@ -45,14 +44,15 @@ class Refiner:
         self.logit_laplace = LogitLaplaceLoss(cfg.loss.logit_laplace_eps).to(device)
         ckpt = latest_checkpoint(run_dir) if run_dir is not None else None
         if ckpt is not None and (ckpt / "logit_laplace.safetensors").is_file():  # the run's learned scale
-            self.logit_laplace.load_state_dict(load_file(str(ckpt / "logit_laplace.safetensors")))
+            load_checkpoint(ckpt, {"logit_laplace": self.logit_laplace}, restore_rng=False)
         self.logit_laplace.requires_grad_(False)
         self.perceptual = build_perceptual(cfg.loss)
         if self.perceptual is not None:
             self.perceptual = self.perceptual.to(device)
 
-    def loss(self, scene, image: Tensor, target_disparity: Tensor | None) -> tuple[Tensor, dict[str, float]]:
-        """The refinement objective of one scene against its photo (1, 3, H, W) in [-1, 1]."""
+    def loss(self, scene, image: Tensor, target_disparity: Tensor | None) -> tuple[Tensor, dict[str, Tensor]]:
+        """The refinement objective of one scene against its photo (1, 3, H, W) in [-1, 1], and its
+        terms (detached tensors: read on the host only once, after the last step)."""
         c, model = self.loss_cfg, self.model
         out = model.render(scene, model.canonical_cameras(1, image.device), train=True, step=10**9)
         terms = {"mse": mse_loss(out.rgb, image)}
@@ -70,7 +70,7 @@ class Refiner:
         if c.distortion or c.interlevel:
             terms["distortion"], terms["interlevel"] = nerf_regularizers(out)
             total = total + c.distortion * terms["distortion"] + c.interlevel * terms["interlevel"]
-        return total, {k: float(v.detach()) for k, v in terms.items()}
+        return total, {k: v.detach() for k, v in terms.items()}
 
 
 def refine_scene(refiner: Refiner, image: Tensor, steps: int, target: RefineTarget = "planes", lr: float = 0.01,
@@ -103,7 +103,7 @@ def refine_scene(refiner: Refiner, image: Tensor, steps: int, target: RefineTarg
     for p in frozen:
         p.requires_grad_(False)
     opt = torch.optim.Adam([param], lr=lr)
-    last: dict[str, float] = {}
+    last: dict[str, Tensor] = {}
     try:
         for k in tqdm(range(1, steps + 1), desc="refine", disable=not progress, leave=False):
             total, last = refiner.loss(scene_of(param), image, target_disparity)
@@ -117,4 +117,4 @@ def refine_scene(refiner: Refiner, image: Tensor, steps: int, target: RefineTarg
         for p in frozen:
             p.requires_grad_(True)
     with torch.no_grad():
-        return scene_of(param.detach()), last, snapshots
+        return scene_of(param.detach()), {k: float(v) for k, v in last.items()}, snapshots
