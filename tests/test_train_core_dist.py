@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -50,3 +51,19 @@ def test_two_gloo_ranks_train_identical_weights_and_agree(tmp_path):
     saved = load_file(str(tmp_path / "checkpoints" / "step_00000003" / "model.safetensors"))
     assert set(saved) == {"weight", "bias"}  # no "module." prefix from DDP
     assert torch.equal(saved["weight"], w0["weight"])
+
+
+def test_ranks_sharing_one_gpu_talk_gloo_and_nccl_is_refused_there():
+    from vq3d.errors import UserError
+    from vq3d.train.distributed import choose_backend
+
+    cuda, cpu = torch.device("cuda", 0), torch.device("cpu")
+    assert choose_backend("auto", cuda, shared_gpu=False) == "nccl"  # a GPU per rank
+    assert choose_backend("auto", cuda, shared_gpu=True) == "gloo"  # train.device=cuda:0 for every rank
+    assert choose_backend("auto", cpu, shared_gpu=False) == "gloo"
+    assert choose_backend("gloo", cuda, shared_gpu=False) == "gloo"
+    for device, shared in ((cuda, True), (cpu, False)):
+        with pytest.raises(UserError, match="one GPU per rank"):
+            choose_backend("nccl", device, shared_gpu=shared)
+    with pytest.raises(UserError, match="unknown train.dist_backend"):
+        choose_backend("mpi", cpu, shared_gpu=False)

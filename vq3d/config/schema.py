@@ -182,7 +182,11 @@ class TrainConfig:
     # the precision policy keeps geometry fp32 (vq3d/precision.py, docs/design.md)
     precision: Literal["fp32", "bf16"] = "fp32"
     compile: bool = False  # torch.compile of the ViT encoder and decoder (vq3d/train/compile.py)
-    device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", ...
+    device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", ...; under torchrun "cuda" is cuda:LOCAL_RANK
+    # and "cuda:N" puts every rank on that one GPU (vq3d/train/distributed.py)
+    # torchrun's process-group backend: auto = nccl with a GPU per rank, gloo on the CPU or when
+    # the ranks share one GPU (NCCL refuses that)
+    dist_backend: Literal["auto", "nccl", "gloo"] = "auto"
     max_bad_steps: int = 20  # this many non-finite losses in a row stop the run
 
 

@@ -32,7 +32,7 @@ class TrainerCore:
 
     def __init__(self, cfg: Config, run_dir: str | Path, start_step: int = 0) -> None:
         self.cfg, self.run_dir, self.start_step = cfg, Path(run_dir), start_step
-        self.info = setup_distributed(cfg.train.device)
+        self.info = setup_distributed(cfg.train.device, backend=cfg.train.dist_backend)
         self.device = self.info.device
         seed_everything(cfg.train.seed + self.info.rank)
         # bf16 autocast on the step's device (CPU or CUDA) when asked for: the precision policy

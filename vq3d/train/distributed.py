@@ -6,8 +6,11 @@
     ...
     cleanup()
 
-Backend: `nccl` on CUDA, `gloo` on CPU. Every collective here is a no-op outside a process group,
-so the same training loop runs with and without `torchrun`.
+Devices and backend (`train.device`, `train.dist_backend`): under torchrun `cuda` puts rank r on
+`cuda:LOCAL_RANK` and talks NCCL; `cuda:N` puts every rank on that one GPU, which NCCL refuses, so
+the ranks talk gloo (on CUDA tensors) -- a way to check the distributed path on one GPU; `cpu`
+talks gloo. Every collective here is a no-op outside a process group, so the same training loop
+runs with and without `torchrun`.
 """
 
 from __future__ import annotations
@@ -52,8 +55,10 @@ def resolve_device(device_pref: str, local_rank: int = 0) -> torch.device:
             )
         index = int(pref.split(":", 1)[1]) if ":" in pref else local_rank
         if index >= torch.cuda.device_count():
+            hint = "" if ":" in pref else (" (one GPU per torchrun rank; train.device=cuda:0 puts every rank "
+                                           "on one GPU)")
             raise UserError(
-                f"device cuda:{index} does not exist ({torch.cuda.device_count()} GPUs visible)"
+                f"device cuda:{index} does not exist ({torch.cuda.device_count()} GPUs visible){hint}"
             )
         return torch.device("cuda", index)
     if pref == "cpu":
@@ -66,11 +71,25 @@ def _env_int(name: str, default: int) -> int:
     return int(value) if value.strip() else default
 
 
-def setup_distributed(device_pref: str = "auto", timeout_s: float = 1800.0) -> DistInfo:
+def choose_backend(backend: str, device: torch.device, shared_gpu: bool) -> str:
+    """The process group's backend: `backend` unless "auto"; auto is NCCL when each rank has its
+    own GPU, gloo on CPU or when the ranks share one GPU (NCCL needs one GPU per rank)."""
+    if backend not in ("auto", "nccl", "gloo"):
+        raise UserError(f"unknown train.dist_backend '{backend}': use auto, nccl or gloo")
+    if backend == "auto":
+        return "nccl" if device.type == "cuda" and not shared_gpu else "gloo"
+    if backend == "nccl" and (device.type != "cuda" or shared_gpu):
+        raise UserError("train.dist_backend=nccl needs one GPU per rank (train.device=cuda); "
+                        "ranks on the CPU or sharing one GPU use gloo")
+    return backend
+
+
+def setup_distributed(device_pref: str = "auto", timeout_s: float = 1800.0, backend: str = "auto") -> DistInfo:
     """Join the process group described by torchrun's env vars, or run as a single process.
 
-    Under torchrun with CUDA each process uses `cuda:LOCAL_RANK` (an explicit index in
-    `device_pref` is ignored then). Calling it again in an initialised process reuses the group.
+    Under torchrun `cuda` (or auto on a GPU machine) puts each process on `cuda:LOCAL_RANK`; an
+    explicit `cuda:N` puts every process on that GPU (gloo then; see `choose_backend`). Calling it
+    again in an initialised process reuses the group.
     """
     world_size = _env_int("WORLD_SIZE", 1)
     rank = _env_int("RANK", 0)
@@ -80,15 +99,13 @@ def setup_distributed(device_pref: str = "auto", timeout_s: float = 1800.0) -> D
         if device.type == "cuda":
             torch.cuda.set_device(device)
         return DistInfo(0, 0, 1, device, True)
+    shared_gpu = ":" in device_pref.strip()  # one named GPU for every rank
     device = resolve_device(device_pref, local_rank)
     if device.type == "cuda":
-        device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
     if not dist.is_initialized():
-        backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(
-            backend, rank=rank, world_size=world_size, timeout=timedelta(seconds=timeout_s)
-        )
+        dist.init_process_group(choose_backend(backend, device, shared_gpu), rank=rank, world_size=world_size,
+                                timeout=timedelta(seconds=timeout_s))
     return DistInfo(rank, local_rank, world_size, device, rank == 0)
 
 
@@ -147,6 +164,8 @@ def unwrap_model(module: nn.Module) -> nn.Module:
 
 
 def _collective_device() -> torch.device:
+    """Where the small tensors of our own collectives live: the GPU for NCCL, the host for gloo
+    (gloo's CUDA support covers all-reduce and broadcast only)."""
     if dist.get_backend() == "nccl":
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")
