@@ -17,6 +17,7 @@ from torch import Tensor
 from vq3d.render.cameras import Cameras, orbit_cameras
 from vq3d.utils.images import colorize, to_uint8, to_unit
 from vq3d.utils.io import atomic_write
+from vq3d.utils.optional import require
 
 
 @torch.no_grad()
@@ -41,7 +42,8 @@ def _device(model) -> torch.device:
 
 def write_video(path_stem: str | Path, frames: list[np.ndarray], fps: int = 20) -> list[Path]:
     """Write `frames` as `path_stem.mp4` (H.264 via imageio-ffmpeg) and `path_stem.gif` (looping)."""
-    import imageio.v2 as imageio
+    imageio = require("imageio.v2", "imageio", "writing orbit videos")
+    require("imageio_ffmpeg", "imageio-ffmpeg", "writing orbit videos (MP4)")
 
     stem = Path(path_stem)
     paths = [stem.with_suffix(".mp4"), stem.with_suffix(".gif")]
@@ -123,7 +125,7 @@ def extract_mesh(density: Callable[[Tensor], Tensor], bound: float = 1.0, resolu
     percentile and its median, which adapts to the scale of a learned field.
     Returns vertices (V, 3) float32 in world units and faces (F, 3) int.
     """
-    from skimage.measure import marching_cubes
+    marching_cubes = require("skimage.measure", "scikit-image", "mesh extraction (marching cubes)").marching_cubes
 
     axis = torch.linspace(-bound, bound, resolution)
     grid = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), dim=-1).reshape(-1, 3)
@@ -154,7 +156,7 @@ def scene_mesh(model, scene, resolution: int = 64, level: float | None = None,
 def write_glb(path: str | Path, vertices: np.ndarray, faces: np.ndarray, colors: np.ndarray | None = None) -> None:
     """Binary glTF (trimesh) with optional per-vertex uint8 colours; opens in any glTF viewer
     (the world's +y is glTF's up, the canonical camera looks down -z as glTF's does)."""
-    import trimesh
+    trimesh = require("trimesh", "trimesh", "the GLB export")
 
     mesh = trimesh.Trimesh(vertices=np.asarray(vertices, np.float32), faces=np.asarray(faces, np.int64),
                            vertex_colors=None if colors is None else np.asarray(colors, np.uint8), process=False)

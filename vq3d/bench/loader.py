@@ -35,6 +35,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from vq3d.utils.optional import require
+
 
 def make_jpegs(folder: Path, n: int, seed: int = 0) -> list[Path]:
     """n JPEGs of sizes 400..600 x 300..500 with smooth structure and fine noise."""
@@ -95,7 +97,8 @@ def time_loader(loader) -> float:
 
 
 def time_depth(folder: Path, tmp: Path, res: int, workers: int) -> dict:
-    from transformers import DPTConfig, DPTForDepthEstimation
+    transformers = require("transformers", "transformers", "the depth-estimation benchmark")
+    DPTConfig, DPTForDepthEstimation = transformers.DPTConfig, transformers.DPTForDepthEstimation
     from transformers.models.dpt.image_processing_pil_dpt import DPTImageProcessorPil
 
     from vq3d.data.depth_compute import compute_depth_cache

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from vq3d.data.depth_cache import DEFAULT_DEPTH_MODEL
 from vq3d.errors import UserError
+from vq3d.utils.optional import require
 
 log = logging.getLogger("vq3d.data")
 
@@ -82,7 +83,7 @@ def _offline_help(name: str) -> str:
 
 
 def _read_processor_settings(name: str, local_only: bool) -> dict[str, Any]:
-    from transformers import AutoImageProcessor
+    AutoImageProcessor = require("transformers", "transformers", "the depth estimator").AutoImageProcessor
 
     try:
         try:
@@ -130,11 +131,8 @@ class DepthEstimator:
     def __init__(self, model: str = DEFAULT_DEPTH_MODEL, *, device: str = "auto",
                  allow_download: bool = False, precision: str = "auto",
                  model_output: str = "auto") -> None:
-        try:
-            from transformers import AutoModelForDepthEstimation
-        except ImportError:
-            raise UserError("the depth estimator needs `transformers`: pip install transformers"
-                            ) from None
+        AutoModelForDepthEstimation = require("transformers", "transformers",
+                                              "the depth estimator").AutoModelForDepthEstimation
         self.name = model
         self.device = resolve_device(device)
         local_only = not allow_download
