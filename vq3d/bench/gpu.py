@@ -1,96 +1,79 @@
-"""`vq3d bench gpu --json`: the check to run on the first GPU the project is lent (<= 8 minutes).
+"""`vq3d bench gpu`: the first check to run on a GPU machine (6 minutes, hard; no install).
 
-One JSON object with a section per check, each timed and each failing alone (its error is
-reported, the others still run):
+    python -m vq3d bench gpu --json --out gpu.json      # from the checkout's root
 
-- `render_bf16_agreement`: one full-resolution render in bf16 autocast (bf16 planes, the
-  precision policy) against fp32: geometry dtypes, the largest relative depth error and colour
-  difference, against the CPU test's bounds (1%, 0.01).
-- `step` / `step_compiled`: the preset's training step (bf16 on CUDA) at batch 1 and at the
-  largest power-of-two batch that fits (found by doubling until out of memory), eager and with
-  `train.compile`: seconds per step, images per second, peak memory, host synchronisations in
-  a step (CUDA's sync debug mode; `HostSyncRecorder` on CPU) and the model-FLOPs utilisation
-  from the step's counted FLOPs (`vq3d.bench.paper_step.flops`) and the GPU's bf16 peak.
-- `torchrun_1`: one Stage-1 step through `torchrun --nproc_per_node 1 -m vq3d train stage1`.
-- `render`: a training render (forward + backward) and an inference render at the preset's
-  size: rays per second, peak memory, operator calls and, on CUDA, kernel launches.
-- `stage2_sampling`: tokens per second of Stage-2 sampling with the KV cache (1,024 tokens and
-  the preset's GPT on CUDA).
+It needs only torch, numpy, pillow, pyyaml, tqdm, safetensors and huggingface_hub (and Triton
+for `torch.compile`). Checks run in order of value, each failing alone; `--out` is rewritten
+atomically as each check starts and ends, so a job killed at its limit leaves every finished
+check (`vq3d.bench.gpu_report`); each check prints one line to stderr as it ends. `--budget-s`
+(default 360) is enforced inside checks: what it stops is skipped with "budget" in the reason.
+On CPU the same code runs on the tiny preset (the test suite runs it).
 
-On CPU the same code runs on the tiny preset (a smoke test, run by the test suite); what needs
-CUDA is skipped with the reason. Exit code 1 if any check failed.
+The report (one JSON object):
+
+- `benchmark`, `preset`, `device`, `budget_s`; `status`: running, finished or stopped at the
+  budget; `running`: the check in progress when the file was written; `order`: the checks' order;
+  `checks` {name: result}, `skipped` {name: reason}, `errors` {name: {error, traceback (last 15
+  lines)}}, `seconds` {name: s}, `elapsed_s`, `total_s`.
+- `environment`: python, torch, CUDA runtime, cuDNN, NCCL, Triton, driver, GPU name, count,
+  memory, compute capability, bf16 peak (TFLOP/s); `compile`: C compiler and Python headers
+  found or not (`vq3d.bench.gpu_env`).
+- `render_bf16_agreement`: one full-resolution render in bf16 autocast (bf16 planes) against
+  fp32: geometry dtypes, depth relative error and rgb error (median, p99, max over rays);
+  `within_bounds`: geometry fp32 and p99 errors under 1% / 0.01 (a few rays whose resampled
+  edges move may exceed them; the maximum is reported, not judged).
+- `render`: a training render (forward + backward, regularizers) and an inference render at the
+  preset's size: rays per second, peak allocated / reserved GiB, the chunk budget, operator
+  calls and, on CUDA, kernel launches.
+- `stage2_sampling`: tokens per second of KV-cached sampling (the preset's GPT on CUDA).
+- `step`: the training step (bf16 on CUDA, GAN and novel views on, R1 off) at batch 1 and 2 on
+  one trainer (`vq3d.bench.gpu_step`): rows of `step_s`, `images_per_s`, `peak_allocated_gib`,
+  `peak_reserved_gib`, `mfu`; `per_image_gib` and `fixed_gib` from the two; batch 1 also has
+  `regions_s` (encoder, quantizer, decoder, renderer, losses, discriminators, optimizer, other;
+  `vq3d.bench.regions`), `host_syncs_per_step`, `chunk` and `projected` (the fake-tensor peak
+  and the step time at 40% MFU).
+- `largest_batch`: `rows` (every batch probed: fits or not, time and memory), `largest_batch`,
+  `guess`, and `largest`: its row with the same details as batch 1.
+- `step_compiled`: the step at the largest batch with the ViT encoder and decoder compiled
+  (compile seconds, speed-up over eager), or skipped saying what the toolchain lacks.
+- `ddp_two_ranks`: `torchrun --nproc_per_node 2`, one Stage-1 step under DDP, both ranks on the
+  one GPU over gloo (`vq3d.bench.ddp_check`): `ranks_identical` and the backend used.
+
+Exit code 1 if a check failed, else 0.
 """
 
 from __future__ import annotations
 
 import argparse
-import gc
 import json
-import os
 import platform
-import subprocess
 import sys
-import tempfile
 import time
-import traceback
-import warnings
-from pathlib import Path
 from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
 
-from vq3d.bench.opcount import count_operator_calls
-from vq3d.bench.paper_step import flops as count_step_flops
-from vq3d.bench.sample import run_setting
+from vq3d.bench.gpu_env import environment, peak_bf16_flops
+from vq3d.bench.gpu_report import Budget, OverBudget, Report, Skip
+from vq3d.bench.gpu_step import StepRig, check_compiled, check_largest_batch, check_step, free_memory, memory_peaks
 from vq3d.config import Config, Stage2Config, load_config
-from vq3d.losses.stage1 import nerf_regularizers
-from vq3d.render.cameras import canonical_cameras
-from vq3d.render.renderer import Renderer
-from vq3d.utils.host_sync import HostSyncRecorder
 
-# dense bf16 peaks (NVIDIA data sheets), by a substring of the device name
-PEAK_BF16_TFLOPS = {"H200": 989.4, "H100": 989.4, "GH200": 989.4, "A100": 312.0, "L40S": 362.1, "A10G": 70.0}
-
-
-class Skip(Exception):
-    """A check that cannot run here; the message says why."""
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _timed(fn: Callable[[], Any], device: torch.device, repeats: int) -> float:
-    """Mean seconds of `fn` over `repeats` runs after one warm-up, synchronised."""
-    fn()
-    _sync(device)
-    t0 = time.perf_counter()
-    for _ in range(repeats):
-        fn()
-    _sync(device)
-    return (time.perf_counter() - t0) / repeats
-
-
-def _free(device: torch.device) -> None:
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
-
-
-def _peak_gib(device: torch.device) -> float | None:
-    return round(torch.cuda.max_memory_allocated(device) / 2**30, 2) if device.type == "cuda" else None
+DEFAULT_BUDGET_S = 360.0
 
 
 class Context:
-    def __init__(self, preset: str, device: torch.device, max_batch: int) -> None:
-        self.preset, self.device, self.max_batch = preset, device, max_batch
+    """What the checks share: the preset, device, budget, results so far and one step rig."""
+
+    def __init__(self, preset: str, device: torch.device, max_batch: int, budget: Budget, ddp_preset: str) -> None:
+        self.preset, self.device, self.max_batch, self.budget = preset, device, max_batch, budget
+        self.ddp_preset = ddp_preset
         self.cuda = device.type == "cuda"
-        self.repeats = 5 if self.cuda else 2
-        self.largest: int | None = None  # the largest batch found to fit (found once)
+        self.repeats = 3 if self.cuda else 2
+        self.largest: int | None = None  # the largest batch found to fit
+        self.results: dict[str, dict] = {}
         self._flops_per_image: float | None = None
+        self._rig: StepRig | None = None
 
     def config(self, *overrides: str) -> Config:
         precision = "bf16" if self.cuda else "fp32"  # bf16 matmuls crawl on most CPUs
@@ -100,19 +83,33 @@ class Context:
         return load_config(self.preset, [], base + list(overrides))
 
     def flops_per_image(self) -> float:
+        """FLOPs of one training step per image (R1 off), counted on fake tensors, once."""
         if self._flops_per_image is None:
+            from vq3d.bench.paper_step import flops as count_step_flops
+
             cfg = load_config(self.preset, [], ["train.device=cpu", "train.batch_size=1"])
-            self._flops_per_image = float(count_step_flops(cfg)["step_without_r1"])  # timed steps skip R1
+            self._flops_per_image = float(count_step_flops(cfg)["step_without_r1"])
         return self._flops_per_image
 
     def peak_flops(self) -> float | None:
-        if not self.cuda:
-            return None
-        name = torch.cuda.get_device_name(self.device)
-        for key, tflops in PEAK_BF16_TFLOPS.items():
-            if key in name:
-                return tflops * 1e12
-        return None
+        return peak_bf16_flops(torch.cuda.get_device_name(self.device)) if self.cuda else None
+
+    def rig(self) -> StepRig:
+        if self._rig is None:
+            self._rig = StepRig(self)
+        return self._rig
+
+    def drop_rig(self) -> None:
+        if self._rig is not None:
+            self._rig.close()
+            self._rig = None
+
+    def result(self, name: str) -> dict | None:
+        return self.results.get(name)
+
+    @staticmethod
+    def skip(reason: str) -> Skip:
+        return Skip(reason)
 
 
 def _smooth_planes(batch: int, channels: int, resolution: int, device: torch.device) -> torch.Tensor:
@@ -121,156 +118,67 @@ def _smooth_planes(batch: int, channels: int, resolution: int, device: torch.dev
     return fine.view(batch, 3, channels, resolution, resolution)
 
 
-def check_render_bf16(ctx: Context) -> dict:
+def _quantiles(x: torch.Tensor) -> dict[str, float]:
+    x = x.flatten().float()
+    q = torch.quantile(x[:: max(1, x.numel() // 2**20)], torch.tensor([0.5, 0.99], device=x.device))
+    return {"median": float(q[0]), "p99": float(q[1]), "max": float(x.max())}
+
+
+def _render_setup(ctx: Context) -> tuple[Any, Config, torch.Tensor, Any]:
+    from vq3d.render.cameras import canonical_cameras
+    from vq3d.render.renderer import Renderer
+
     cfg = ctx.config()
-    res, m = cfg.data.resolution, cfg.model
     torch.manual_seed(0)
-    renderer = Renderer(cfg.render, m.plane_channels).to(ctx.device)
-    planes = _smooth_planes(1, m.plane_channels, m.plane_resolution, ctx.device)
+    renderer = Renderer(cfg.render, cfg.model.plane_channels).to(ctx.device)
+    planes = _smooth_planes(1, cfg.model.plane_channels, cfg.model.plane_resolution, ctx.device)
     cams = canonical_cameras(1, cfg.render.camera_distance, cfg.render.fov_deg, ctx.device)
+    return renderer, cfg, planes, cams
+
+
+def check_environment(ctx: Context) -> dict:
+    return environment(ctx.device)
+
+
+def check_render_bf16(ctx: Context) -> dict:
+    renderer, cfg, planes, cams = _render_setup(ctx)
+    res = cfg.data.resolution
     with torch.no_grad():
         ref = renderer.render_cameras(planes, cams, res, res)
         with torch.autocast(ctx.device.type, dtype=torch.bfloat16):
             low = renderer.render_cameras(planes.bfloat16(), cams, res, res)
-    rel = (low.depth - ref.depth).abs() / ref.depth
-    result = {
-        "resolution": res, "samples": renderer.samples_per_level,
-        "geometry_fp32": all(t.dtype == torch.float32 for t in (low.depth, low.weights, low.spacing_edges,
-                                                                 low.sample_disparity, low.rgb)),
-        "depth_rel_error_max": float(rel.max()), "depth_rel_error_median": float(rel.median()),
-        "rgb_abs_error_max": float((low.rgb - ref.rgb).abs().max()),
-        "nerf_edges_strictly_increasing": bool((low.spacing_edges.diff(dim=-1) > 0).all()),
-    }
-    result["within_cpu_test_bounds"] = (result["geometry_fp32"] and result["depth_rel_error_max"] < 0.01
-                                        and result["rgb_abs_error_max"] < 0.01)
-    return result
+    depth = _quantiles((low.depth - ref.depth).abs() / ref.depth)
+    rgb = _quantiles((low.rgb - ref.rgb).abs().amax(dim=1))
+    geometry = all(t.dtype == torch.float32 for t in (low.depth, low.weights, low.spacing_edges,
+                                                      low.sample_disparity, low.rgb))
+    return {"resolution": res, "rays": res * res, "samples": renderer.samples_per_level, "geometry_fp32": geometry,
+            "depth_rel_error": depth, "rgb_abs_error": rgb,
+            "nerf_edges_strictly_increasing": bool((low.spacing_edges.diff(dim=-1) > 0).all()),
+            "within_bounds": geometry and depth["p99"] < 0.01 and rgb["p99"] < 0.01,
+            "bounds": "p99 depth relative error < 1%, p99 rgb error < 0.01 (colours in [-1, 1])"}
 
 
-def _data(cfg: Config, batch: int, device: torch.device) -> dict:
-    res = cfg.data.resolution
-    return {"image": torch.rand(batch, 3, res, res, device=device) * 2 - 1,
-            "disparity": torch.rand(batch, 1, res, res, device=device)}
-
-
-def _host_syncs(trainer: Any, data: dict, device: torch.device) -> int:
-    """Host synchronisations of one training step."""
-    if device.type == "cuda":
-        torch.cuda.set_sync_debug_mode("warn")
-        try:
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                trainer.train_step(data)
-                trainer.step += 1
-        finally:
-            torch.cuda.set_sync_debug_mode("default")
-        return sum("synchroniz" in str(w.message) for w in caught)
-    with HostSyncRecorder() as recorder:
-        trainer.train_step(data)
-        trainer.step += 1
-    return len(recorder.syncs)
-
-
-def _time_step(ctx: Context, batch: int, compiled: bool) -> dict:
-    from vq3d.train.stage1 import Stage1Trainer
-
-    cfg = ctx.config(f"train.batch_size={batch}", f"train.compile={str(compiled).lower()}",
-                     "loss.r1_every=0")  # R1 is 1 step in 16: timed apart below
-    _free(ctx.device)
-    with tempfile.TemporaryDirectory() as run_dir:
-        trainer = Stage1Trainer(cfg, run_dir)
-        data = _data(cfg, batch, ctx.device)
-        t0 = time.perf_counter()
-        for _ in range(2):  # warm-up: allocator, kernels, compilation
-            trainer.train_step(data)
-            trainer.step += 1
-        _sync(ctx.device)
-        warmup_s = time.perf_counter() - t0
-
-        def step() -> None:
-            trainer.train_step(data)
-            trainer.step += 1
-
-        seconds = _timed(step, ctx.device, ctx.repeats)
-        syncs = _host_syncs(trainer, data, ctx.device)
-        result = {"batch": batch, "step_s": round(seconds, 4), "images_per_s": round(batch / seconds, 2),
-                  "warmup_s": round(warmup_s, 1), "peak_memory_gib": _peak_gib(ctx.device),
-                  "host_syncs_per_step": syncs}
-        peak = ctx.peak_flops()
-        if peak is not None:
-            result["mfu"] = round(ctx.flops_per_image() * batch / seconds / peak, 3)
-        trainer = data = None  # free them before the next batch is tried
-    _free(ctx.device)
-    return result
-
-
-def _fits(ctx: Context, batch: int) -> bool:
-    try:
-        _time_step(ctx, batch, compiled=False)
-        return True
-    except torch.OutOfMemoryError:
-        _free(ctx.device)
-        return False
-
-
-def largest_batch(ctx: Context) -> int:
-    """The largest power of two <= max_batch whose step fits (doubling until out of memory)."""
-    if ctx.largest is None:
-        batch = 1
-        while batch * 2 <= ctx.max_batch and _fits(ctx, batch * 2):
-            batch *= 2
-        ctx.largest = batch
-    return ctx.largest
-
-
-def check_step(ctx: Context, compiled: bool = False) -> dict:
-    if compiled and not ctx.cuda:
-        raise Skip("compiled steps are timed on CUDA only (tests/test_stage1_compile.py checks "
-                   "compilation against eager on CPU)")
-    largest = largest_batch(ctx)
-    rows = [_time_step(ctx, b, compiled) for b in sorted({1, largest})]
-    return {"batch_1": rows[0], "largest_batch": rows[-1], "largest_batch_fits": largest,
-            "searched_up_to": ctx.max_batch, "precision": "bf16" if ctx.cuda else "fp32",
-            "flops_per_image": ctx.flops_per_image()}
-
-
-def check_torchrun(ctx: Context) -> dict:
-    cfg = ctx.config()
-    res = cfg.data.resolution
-    with tempfile.TemporaryDirectory() as tmp:
-        data, run = Path(tmp) / "data", Path(tmp) / "run"
-        synth = [sys.executable, "-m", "vq3d", "synth", "--out", str(data), "--n", "4", "--res", str(res),
-                 "--views", "1", "--supersample", "1", "--no-progress"]
-        subprocess.run(synth, check=True, capture_output=True, timeout=300)
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "1", "--master_addr",
-               "127.0.0.1", "--master_port", str(_free_port()), "-m", "vq3d", "train", "stage1",
-               "--preset", ctx.preset, "--data", str(data), "--out", str(run), "--steps", "1",
-               "--set", "train.batch_size=1", "--set", f"train.device={ctx.device.type}",
-               "--set", f"train.precision={'bf16' if ctx.cuda else 'fp32'}", "--set", "data.num_workers=0"]
-        t0 = time.perf_counter()
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
-                              env=dict(os.environ, OMP_NUM_THREADS="1"))
-        seconds = time.perf_counter() - t0
-        checkpoint = (run / "checkpoints" / "step_00000001" / "model.safetensors").is_file()
-    if proc.returncode != 0:
-        raise RuntimeError(f"torchrun exited {proc.returncode}: {proc.stderr[-2000:]}")
-    return {"exit_code": proc.returncode, "seconds": round(seconds, 1), "checkpoint_written": checkpoint}
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _timed(fn: Callable[[], Any], ctx: Context) -> float:
+    """Mean seconds of `fn` over ctx.repeats runs after one warm-up, synchronised."""
+    fn()
+    if ctx.cuda:
+        torch.cuda.synchronize(ctx.device)
+    t0 = time.perf_counter()
+    for _ in range(ctx.repeats):
+        ctx.budget.check("a render")
+        fn()
+    if ctx.cuda:
+        torch.cuda.synchronize(ctx.device)
+    return (time.perf_counter() - t0) / ctx.repeats
 
 
 def check_render(ctx: Context) -> dict:
-    cfg = ctx.config()
-    res, m = cfg.data.resolution, cfg.model
-    torch.manual_seed(0)
-    renderer = Renderer(cfg.render, m.plane_channels).to(ctx.device)
-    planes = _smooth_planes(1, m.plane_channels, m.plane_resolution, ctx.device).requires_grad_(True)
-    cams = canonical_cameras(1, cfg.render.camera_distance, cfg.render.fov_deg, ctx.device)
+    from vq3d.bench.opcount import count_operator_calls
+    from vq3d.losses.stage1 import nerf_regularizers
+
+    renderer, cfg, planes, cams = _render_setup(ctx)
+    res = cfg.data.resolution
+    planes.requires_grad_(True)
     gen = torch.Generator(device=ctx.device).manual_seed(0)
     autocast = torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=ctx.cuda)
 
@@ -286,15 +194,17 @@ def check_render(ctx: Context) -> dict:
         with torch.no_grad(), autocast:
             renderer.render_cameras(planes, cams, res, res)
 
-    rays = res * res
-    _free(ctx.device)
-    train_s = _timed(train_render, ctx.device, ctx.repeats)
-    train_peak = _peak_gib(ctx.device)
-    infer_s = _timed(inference_render, ctx.device, ctx.repeats)
+    free_memory(ctx.device)
+    train_s = _timed(train_render, ctx)
+    train_peaks = memory_peaks(ctx.device)
+    infer_s = _timed(inference_render, ctx)
     _, calls = count_operator_calls(train_render)
-    result = {"rays": rays, "samples": renderer.samples_per_level, "plane_resolution": m.plane_resolution,
-              "train_rays_per_s": round(rays / train_s), "inference_rays_per_s": round(rays / infer_s),
-              "train_peak_memory_gib": train_peak, "train_operator_calls": sum(calls.values())}
+    policy = renderer.execution_policy(ctx.device)
+    result = {"rays": res * res, "samples": renderer.samples_per_level, "plane_resolution": cfg.model.plane_resolution,
+              "train_rays_per_s": round(res * res / train_s), "inference_rays_per_s": round(res * res / infer_s),
+              "train_peak_allocated_gib": train_peaks["peak_allocated_gib"],
+              "train_peak_reserved_gib": train_peaks["peak_reserved_gib"],
+              "chunk_mb": round(policy.chunk_bytes / 2**20, 1), "train_operator_calls": sum(calls.values())}
     if ctx.cuda:
         result["train_cuda_kernels"] = _cuda_kernels(train_render, ctx.device)
     return result
@@ -305,16 +215,18 @@ def _cuda_kernels(fn: Callable[[], None], device: torch.device) -> int | str:
     from torch.profiler import ProfilerActivity, profile
 
     try:
-        _sync(device)
+        torch.cuda.synchronize(device)
         with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
             fn()
-            _sync(device)
+            torch.cuda.synchronize(device)
         return sum(1 for e in prof.events() if str(e.device_type).endswith("CUDA"))
     except Exception as err:  # CUPTI missing or busy: the rest of the check stands
         return f"not counted: {type(err).__name__}: {err}"[:300]
 
 
 def check_stage2(ctx: Context) -> dict:
+    from vq3d.bench.sample import run_setting
+
     if ctx.cuda:
         cfg = load_config(ctx.preset).stage2
         vocab, tokens, batch = load_config(ctx.preset).model.codebook_size, 1024, 8
@@ -324,53 +236,119 @@ def check_stage2(ctx: Context) -> dict:
     return {k: row[k] for k in ("seq_len", "layers", "width", "params", "batch", "cached_tokens_per_s")}
 
 
+def check_ddp(ctx: Context) -> dict:
+    from vq3d.bench.ddp_check import two_rank_step
+
+    ctx.budget.require(30.0 if ctx.cuda else 5.0, "two ranks' start-up and step")
+    ctx.drop_rig()  # the ranks need the GPU's memory
+    device = f"cuda:{ctx.device.index or 0}" if ctx.cuda else "cpu"
+    return two_rank_step(ctx.ddp_preset, device, "bf16" if ctx.cuda else "fp32", ctx.budget.left(),
+                         adopt=ctx.budget.adopt)
+
+
 CHECKS: list[tuple[str, Callable[[Context], dict]]] = [
+    ("environment", check_environment),
     ("render_bf16_agreement", check_render_bf16),
-    ("step", check_step),
-    ("step_compiled", lambda ctx: check_step(ctx, compiled=True)),
-    ("torchrun_1", check_torchrun),
     ("render", check_render),
     ("stage2_sampling", check_stage2),
+    ("step", check_step),
+    ("largest_batch", check_largest_batch),
+    ("step_compiled", check_compiled),
+    ("ddp_two_ranks", check_ddp),
 ]
 
 
-def run(preset: str | None, device: str, max_batch: int, budget_s: float) -> dict:
+def _summary(name: str, result: dict) -> str:
+    """A few words of a check's result for its line on the screen."""
+    if name == "environment":
+        return f"{result.get('gpu', 'cpu')}, torch {result['torch']}, compile {'ok' if result['compile']['can_compile'] else 'no'}"
+    if name == "render_bf16_agreement":
+        return f"p99 depth error {result['depth_rel_error']['p99']:.2e}, within bounds: {result['within_bounds']}"
+    if name == "render":
+        return f"{result['train_rays_per_s']:,} training rays/s"
+    if name == "stage2_sampling":
+        return f"{result['cached_tokens_per_s']:,.0f} tokens/s"
+    if name == "step":
+        return f"batch 1: {result['batch_1']['step_s']:.3f} s/step"
+    if name == "largest_batch":
+        return f"largest batch {result['largest_batch']} ({len(result['rows'])} probed)"
+    if name == "step_compiled" and "compiled" in result:
+        return f"{result['compiled']['speedup_over_eager']:.2f}x eager"
+    if name == "ddp_two_ranks":
+        return f"ranks identical: {result['ranks_identical']} ({result['backend']})"
+    return ""
+
+
+def run(preset: str | None, device: str, max_batch: int, budget_s: float, out: str | None = None,
+        ddp_preset: str | None = None, start: float | None = None) -> dict:
+    """Run every check within the budget; returns the report (also written to `out`)."""
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                        ("cpu" if device == "auto" else device))
-    ctx = Context(preset or ("paper" if dev.type == "cuda" else "tiny"), dev, max_batch)
-    report: dict[str, Any] = {
-        "benchmark": "gpu", "preset": ctx.preset, "device": torch.cuda.get_device_name(dev) if ctx.cuda else "cpu",
-        "torch": torch.__version__, "cuda_version": torch.version.cuda, "machine": platform.machine(),
-        "checks": {}, "seconds": {}, "skipped": {}, "errors": {}}
-    if not ctx.cuda:
-        report["skipped"]["cuda"] = ("no CUDA device: the tiny preset on the CPU, fp32 steps (bf16 only in the "
-                                     "render agreement check, through CPU autocast)")
-    start = time.perf_counter()
-    for name, check in CHECKS:
-        if time.perf_counter() - start > budget_s:
-            report["skipped"][name] = f"over the time budget of {budget_s:.0f} s"
-            continue
-        t0 = time.perf_counter()
-        try:
-            report["checks"][name] = check(ctx)
-        except Skip as why:
-            report["skipped"][name] = str(why)
-        except Exception as err:  # one failing check must not hide the others' results
-            report["errors"][name] = f"{type(err).__name__}: {err}"[:2000] + "\n" + traceback.format_exc()[-2000:]
-            _free(ctx.device)
-        report["seconds"][name] = round(time.perf_counter() - t0, 1)
-    report["total_s"] = round(time.perf_counter() - start, 1)
-    return report
+    budget = Budget(budget_s, start)
+    cuda = dev.type == "cuda"
+    ctx = Context(preset or ("paper" if cuda else "tiny"), dev, max_batch, budget,
+                  ddp_preset or ("demo" if cuda else "tiny"))
+    header = {"preset": ctx.preset, "device": torch.cuda.get_device_name(dev) if cuda else "cpu",
+              "torch": torch.__version__, "machine": platform.machine(), "budget_s": budget_s,
+              "max_batch": max_batch, "ddp_preset": ctx.ddp_preset}
+    report = Report(out, header, [name for name, _ in CHECKS], clock=budget.elapsed)
+    if not cuda:
+        report.data["note"] = ("no CUDA device: the tiny preset on the CPU, fp32 steps (bf16 only in the render "
+                               "agreement check, through CPU autocast)")
+
+    def on_deadline() -> None:  # the watchdog: a check did not return by the deadline
+        running, d = report.data.get("running"), report.data
+        if running:
+            d["skipped"][running] = f"budget: killed at the deadline ({budget_s:.0f} s)"
+        for name in d["order"]:
+            if name not in d["checks"] and name not in d["skipped"] and name not in d["errors"]:
+                d["skipped"][name] = f"budget: not started by the deadline ({budget_s:.0f} s)"
+        report.close("stopped at the budget", budget.elapsed())
+        print(json.dumps(report.data), flush=True)
+
+    budget.arm(on_deadline)
+    try:
+        for name, check in CHECKS:
+            t0 = time.perf_counter()
+            try:
+                budget.check(name)
+                report.start(name)
+                result = check(ctx)
+            except Skip as why:  # OverBudget included
+                report.finish(name, time.perf_counter() - t0, skipped=str(why))
+            except Exception as err:  # one failing check must not hide the others' results
+                report.finish(name, time.perf_counter() - t0, error=err)
+                del err  # its traceback holds the check's tensors
+                free_memory(dev)
+            else:
+                ctx.results[name] = result
+                report.finish(name, time.perf_counter() - t0, result=result, summary=_summary(name, result))
+    finally:
+        budget.disarm()
+        ctx.drop_rig()
+    over = any(str(r).startswith("budget") for r in report.data["skipped"].values())
+    report.close("stopped at the budget" if over else "finished", budget.elapsed())
+    return report.data
 
 
 def main(argv: list[str] | None = None) -> int:
+    start = time.monotonic()
     p = argparse.ArgumentParser(prog="vq3d bench gpu", description=__doc__.split("\n")[0])
-    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--json", action="store_true", help="print the report as one JSON line at the end")
+    p.add_argument("--out", default=None, metavar="FILE", help="the report, rewritten atomically after every check")
     p.add_argument("--preset", default=None, help="default: paper on CUDA, tiny on CPU")
+    p.add_argument("--ddp-preset", default=None, help="the two-rank check's preset (default: demo on CUDA, tiny on CPU)")
     p.add_argument("--device", default="auto", help="auto, cuda, cuda:N or cpu")
-    p.add_argument("--max-batch", type=int, default=64, help="largest batch the step search tries")
-    p.add_argument("--budget-s", type=float, default=420.0, help="checks not started by then are skipped")
+    p.add_argument("--max-batch", type=int, default=128, help="largest batch the probe tries")
+    p.add_argument("--budget-s", type=float, default=DEFAULT_BUDGET_S,
+                   help="the whole run's seconds, enforced inside checks (default 360)")
     args = p.parse_args(argv)
-    report = run(args.preset, args.device, args.max_batch, args.budget_s)
-    print(json.dumps(report) if args.json else json.dumps(report, indent=2))
+    if args.budget_s <= 0 or args.max_batch < 1:
+        p.error("--budget-s must be > 0 and --max-batch >= 1")
+    report = run(args.preset, args.device, args.max_batch, args.budget_s, args.out, args.ddp_preset, start)
+    print(json.dumps(report) if args.json else json.dumps(report, indent=2), flush=True)
     return 1 if report["errors"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

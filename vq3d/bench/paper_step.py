@@ -178,14 +178,24 @@ def memory_projection(cfg: Config, batches: tuple[int, ...], max_batch: int) -> 
 
 
 def largest_fitting(peak: Callable[[int], int], limit: float, guess: int, cap: int = 1 << 16) -> int:
-    """The largest batch b <= cap with peak(b) <= limit (peak grows with b), from a guess: double
-    up or halve down to a bracket, then bisect; 0 if not even batch 1 fits."""
+    """The largest batch b <= cap with peak(b) <= limit (peak grows with b), from a guess; 0 if
+    not even batch 1 fits (`largest_passing`)."""
+    return largest_passing(lambda b: peak(b) <= limit, guess, cap)
+
+
+def largest_passing(fits: Callable[[int], bool], guess: int, cap: int = 1 << 16, grow: float = 2.0) -> int:
+    """The largest b in 1..cap with fits(b), for a monotone `fits` (true up to some b, false
+    after), from a guess: up by a step of (grow - 1) x the guess, doubling the step after each
+    success, or halving down, to a bracket; then bisect. 0 if fits(1) is false. Each b is asked
+    at most once."""
     guess = min(max(1, guess), cap)
-    if peak(guess) <= limit:
+    if fits(guess):
         good, bad = guess, None
+        step = max(1, int(guess * (grow - 1)))
         while bad is None and good < cap:
-            nxt = min(cap, good * 2)
-            if peak(nxt) <= limit:
+            nxt = min(cap, good + step)
+            step *= 2
+            if fits(nxt):
                 good = nxt
             else:
                 bad = nxt
@@ -195,7 +205,7 @@ def largest_fitting(peak: Callable[[int], int], limit: float, guess: int, cap: i
         good, bad = 0, guess
         while bad > 1:
             nxt = bad // 2
-            if peak(nxt) <= limit:
+            if fits(nxt):
                 good = nxt
                 break
             bad = nxt
@@ -203,7 +213,7 @@ def largest_fitting(peak: Callable[[int], int], limit: float, guess: int, cap: i
             return 0
     while bad - good > 1:
         mid = (good + bad) // 2
-        good, bad = (mid, bad) if peak(mid) <= limit else (good, mid)
+        good, bad = (mid, bad) if fits(mid) else (good, mid)
     return good
 
 

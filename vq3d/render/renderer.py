@@ -264,8 +264,10 @@ class Renderer(nn.Module):
 
     def execution_policy(self, device: torch.device) -> ExecutionPolicy:
         """Chunk budget and scatter method of renders on `device` (`vq3d.render.execution`),
-        fixed at the first render there: chunk sizes then do not drift with the memory in use,
-        so the summation order, and the results, repeat from step to step."""
+        fixed at the first render there: chunk sizes then do not drift with the memory in use.
+        That makes the CPU's results repeat bit for bit from run to run; on CUDA the `index_add`
+        scatter of the planes' gradient adds with atomics, whose order varies, so gradients agree
+        only to rounding (fp32 sums in varying order)."""
         key = (device.type, device.index, self.cfg.chunk_mb, self.cfg.scatter)
         cache = self.__dict__.setdefault("_policies", {})
         if key not in cache:
