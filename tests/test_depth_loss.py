@@ -1,3 +1,6 @@
+import math
+
+import pytest
 import torch
 
 from vq3d.losses.depth import depth_loss, normalize_disparity, scale_loss, solve_scale_shift
@@ -146,3 +149,63 @@ def test_metric_loss_is_zero_only_at_the_true_disparity_and_reports_its_scale():
     metric_depth_loss(Wg, D, surface)[0].backward()
     on_surface = Wg.grad[W.bool()]
     assert on_surface.mean() < Wg.grad[~W.bool()].mean()
+
+
+def test_an_estimators_target_fits_two_fronto_parallel_planes_exactly_in_camera_axis_disparity_only():
+    """Walls at z = 1.5 (left half) and z = 3 (right half) seen by the canonical camera; an
+    estimator's target is affine in 1 / z. Along the camera axis Eq. 2 reaches 0 at the right
+    s*, t*; with 1 / t (the ray distance) no s*, t* fits: 1 / t = cos / z curves across each wall."""
+    from dataclasses import replace
+
+    from vq3d.config import LossConfig, RenderConfig
+    from vq3d.losses.depth_target import loss_disparity, relative_target
+    from vq3d.render.cameras import axis_cosines, canonical_cameras
+    from vq3d.render.renderer import RenderOutput
+
+    res, render_cfg = 32, RenderConfig(camera_distance=1.5, fov_deg=45.0)
+    _, dirs = canonical_cameras(1, 1.5, 45.0).rays(res, res)
+    cos = -dirs[..., 2]  # (1, H, W): the camera looks down -z, so cos = -d_z (independent of axis_cosines)
+    assert torch.allclose(axis_cosines(45.0, res, res)[None], cos, atol=1e-6)
+    corner = math.tan(math.radians(22.5)) * (res - 1) / res  # the corner pixel centre's offset / focal
+    assert float(1 / cos.min()) == pytest.approx(math.sqrt(1 + 2 * corner**2), rel=1e-5)  # 15% off there
+    z = torch.where(torch.arange(res) < res // 2, 1.5, 3.0).expand(1, res, res)
+    t = z / cos  # ray distances to the walls
+    n = res * res
+    render = RenderOutput(rgb=torch.zeros(1, 3, res, res), depth=t[:, None], disparity=1 / t[:, None],
+                          opacity=torch.ones(1, 1, res, res), weights=torch.ones(1, n, 1),
+                          sample_disparity=(1 / t).reshape(1, n, 1), spacing_edges=torch.zeros(1, n, 2),
+                          axis_cos=axis_cosines(45.0, res, res).reshape(1, n))
+    target = (3.0 / z + 0.2)[:, None]  # what an estimator gives: affine in 1 / z
+    axis = LossConfig(depth_convention="camera_axis", target_normalization="robust", scale_unit="lookat")
+    for cfg in (axis, replace(axis, scale_unit="world"), replace(axis, target_normalization="minmax")):
+        loss, s, _ = depth_loss(render.weights, loss_disparity(render, cfg, render_cfg),
+                                relative_target(target, cfg).flatten(1))
+        assert float(loss) < 1e-10 and float(s) > 0
+    ray = replace(axis, depth_convention="ray")
+    loss, _, _ = depth_loss(render.weights, loss_disparity(render, ray, render_cfg),
+                            relative_target(target, ray).flatten(1))
+    assert float(loss) > 1e-4
+    # the units: in look-at units the walls' disparities are c / z = 1 and 0.5, so s* is the target's
+    # normalized span over 0.5; in world units 1.5 times that
+    s_lookat = depth_loss(render.weights, loss_disparity(render, axis, render_cfg), relative_target(target, axis).flatten(1))[1]
+    world = replace(axis, scale_unit="world")
+    s_world = depth_loss(render.weights, loss_disparity(render, world, render_cfg), relative_target(target, world).flatten(1))[1]
+    assert float(s_lookat) == pytest.approx(2.0, rel=1e-4) and float(s_world) == pytest.approx(3.0, rel=1e-4)
+
+
+def test_the_robust_normalization_ignores_a_few_extreme_pixels_and_min_max_does_not():
+    from vq3d.losses.depth import normalize_disparity, robust_normalize_disparity
+
+    g = torch.Generator().manual_seed(0)
+    d = torch.rand(2, 1, 20, 20, generator=g)  # 400 pixels
+    spiked = d.clone()
+    spiked[:, 0, 0, :3] = 50.0  # three stray pixels (under 2% of 400)
+    robust, plain = robust_normalize_disparity(d), robust_normalize_disparity(spiked)
+    mask = torch.ones_like(d, dtype=torch.bool)
+    mask[:, 0, 0, :3] = False
+    assert torch.allclose(robust[mask], plain[mask], atol=0.03)  # the bulk keeps its units
+    assert float(normalize_disparity(spiked)[mask].max()) < 0.05  # min-max squashes the bulk to 2% of its range
+    # by hand: nearest-rank 2nd and 98th percentiles map to 0 and 1
+    flat = d.flatten(1).sort(dim=1).values
+    lo, hi = flat[:, round(0.02 * 399)], flat[:, round(0.98 * 399)]
+    assert torch.allclose(robust.flatten(1), (d.flatten(1) - lo[:, None]) / (hi - lo)[:, None])

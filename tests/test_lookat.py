@@ -43,9 +43,18 @@ def test_the_prior_on_a_rendered_sphere_equals_the_log_ratio_of_its_depth():
     hit = -b - torch.sqrt(b**2 - ((o * o).sum(-1) - 0.4**2))
     expected = abs(math.log(float(hit.mean()) / 1.5))
     # the render finds the surface within its samples' spacing: 1.5% of the depth here
-    assert math.sqrt(float(lookat_loss(out.depth.flatten(1), central, 1.5))) == pytest.approx(expected, abs=0.015)
-    assert float(lookat_loss(torch.full((2, 4), 3.0), torch.ones(2, 4, dtype=torch.bool), 1.5)) == pytest.approx(
-        math.log(2.0) ** 2)
+    assert math.sqrt(float(lookat_loss(out.depth.flatten(1), central, 1.5, "depth"))) == pytest.approx(
+        expected, abs=0.015)
+    assert float(lookat_loss(torch.full((2, 4), 3.0), torch.ones(2, 4, dtype=torch.bool), 1.5, "depth")) == \
+        pytest.approx(math.log(2.0) ** 2)
+    # the disparity statistic: the central rays' mean camera-axis disparity 1 / (t cos) at 1 / 1.5
+    cos = (-d[:, 2])  # the canonical camera looks down -z: cos of each ray's angle to the axis
+    by_hand = abs(math.log(float((1.0 / (hit * cos)).mean()) * 1.5))
+    axis_disparity = (out.disparity.flatten(1) / out.axis_cos)
+    assert math.sqrt(float(lookat_loss(axis_disparity, central, 1.5, "disparity"))) == pytest.approx(
+        by_hand, abs=0.015)
+    assert float(lookat_loss(torch.full((2, 4), 1 / 3.0), torch.ones(2, 4, dtype=torch.bool), 1.5, "disparity")) \
+        == pytest.approx(math.log(2.0) ** 2)
 
 
 def _one_step(tmp_path, lookat: float, lookat_depth: float = 1.0):
@@ -79,7 +88,7 @@ def test_exact_lookat_depth_is_the_minimizer_of_the_prior_over_true_depth():
     x = exact_lookat_depth(true_depth, 0.3, 1.5)
     # independent: scan the prior's value over candidate targets and take the least
     grid = torch.linspace(0.5, 1.5, 2001)
-    values = torch.stack([lookat_loss(true_depth.flatten(1), central, float(v) * 1.5) for v in grid])
+    values = torch.stack([lookat_loss(true_depth.flatten(1), central, float(v) * 1.5, "depth") for v in grid])
     assert x == pytest.approx(float(grid[values.argmin()]), abs=1e-3)
     assert 1.0 / 1.5 < x < 2.0 / 1.5
 
@@ -89,7 +98,6 @@ def test_lookat_depth_moves_the_prior_target(tmp_path):
     # L(1/2) + L(2) - 2 L(1) = 2 (log 2)^2: the target is x times the camera distance
     values = {x: _one_step(tmp_path / str(x), 1.0, x)[0]["lookat"] for x in (0.5, 1.0, 2.0)}
     assert values[0.5] + values[2.0] - 2 * values[1.0] == pytest.approx(2 * math.log(2.0) ** 2, rel=1e-4)
-    cfg = load_config("tiny", [], ["train.device=cpu", "loss.lookat=1", "loss.lookat_depth=0"])
     with pytest.raises(ConfigError, match="lookat_depth"):
-        Stage1Trainer(cfg, tmp_path)
+        load_config("tiny", [], ["train.device=cpu", "loss.lookat=1", "loss.lookat_depth=0"])
     assert load_config("tiny").loss.lookat_depth == 1.0  # the orbit's centre unless set

@@ -52,13 +52,17 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="what the model predicts (auto: depth for metric models)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     g = p.add_argument_group(
-        "estimator-like maps of a synthetic dataset (no model: its true depth, normalized per image, "
-        "distorted by a random monotone gamma, blurred and noised, seeded per scene)")
+        "estimator-like maps of a synthetic dataset (no model: its true camera-axis disparity, normalized per "
+        "image, a random affine map, a random monotone gamma, blurred and noised, seeded per scene)")
     g.add_argument("--estimator-like", action="store_true", help="write them (--data: a `vq3d synth` folder)")
     g.add_argument("--gamma", type=float, default=1.5, help="exponent drawn in [1/g, g] per image (1: none)")
     g.add_argument("--blur", type=float, default=0.02, help="Gaussian sigma, a fraction of the side (0: none)")
     g.add_argument("--noise", type=float, default=0.02, help="std of the additive noise (0: none)")
     g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--scale", type=float, default=2.0, help="affine scale drawn in [1/s, s] per image (1: none)")
+    g.add_argument("--shift", type=float, default=0.5, help="affine shift drawn in [0, s] per image (0: none)")
+    g.add_argument("--axis", default="camera", choices=["camera", "ray"],
+                   help="inverse depth along the camera axis (1/z, as estimators give) or the ray (1/t)")
     p.set_defaults(func=_depth)
 
 
@@ -71,7 +75,7 @@ def _depth(args: argparse.Namespace) -> int:
 
         if not is_synthetic_root(args.data):
             raise UserError(f"--estimator-like needs a synthetic dataset (`vq3d synth`); {args.data} is not one")
-        corruption = Corruption(args.gamma, args.blur, args.noise, args.seed)
+        corruption = Corruption(args.gamma, args.blur, args.noise, args.seed, args.scale, args.shift, args.axis)
         written, kept = write_estimator_cache(args.data, args.out, corruption, progress=not args.no_progress)
         print(f"depth cache {args.out}: {written} written, {kept} already there ({corruption.name})")
         return 0

@@ -18,6 +18,7 @@ import yaml
 
 from vq3d.config.presets import PRESETS
 from vq3d.config.schema import Config, ConfigError
+from vq3d.config.validate import validate
 
 
 def _type_name(tp: Any) -> str:
@@ -162,7 +163,7 @@ def load_config(
     for values in file_values:
         apply_dict(cfg, values)
     apply_overrides(cfg, list(overrides))
-    return cfg
+    return validate(cfg)
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
@@ -198,7 +199,7 @@ def from_dict(values: dict[str, Any]) -> Config:
     if missing:
         warnings.warn(f"the saved config lacks {', '.join(missing)} (added after it was written): they take "
                       "the schema's defaults, which leave newer features off", stacklevel=2)
-    return cfg
+    return validate(cfg)
 
 
 def _missing_fields(node: Any, values: Any, prefix: str = "") -> list[str]:

@@ -107,23 +107,43 @@ class LossConfig:
     depth: float = 1.0  # Eq. 1-2
     scale: float = 0.3  # Eq. 3
     small_scale: float = 1.0  # lambda_smallscale of Eq. 3
-    max_scale: float = 1.0  # s* above this is penalized (Eq. 3 uses 1; in disparity units)
-    depth_scale_floor: float = 0.0  # clamp s* from below early in training (0 = off; see depth_loss)
-    depth_scale_floor_steps: int = 0  # the floor fades linearly to 0 over these steps
+    max_scale: float = 1.0  # s* above this is penalized (Eq. 3 uses 1; in loss.scale_unit)
+    # clamp s* from below (0 = off; vq3d.losses.depth.depth_loss): at most max_scale, in its units
+    depth_scale_floor: float = 0.0
+    depth_scale_floor_steps: int = 0  # the floor fades linearly to 0 over these steps (0 = whole run)
     depth_grad_through_st: bool = True  # let gradients flow through s*, t*
     # "relative": Eq. 1-2 against the per-image normalized target (the paper; pseudo-GT depth).
+    # "canonical": G3DR's: the normalized target mapped into depths camera_distance x (1 +- canonical_band),
+    # then s = 1, t = 0 (vq3d.losses.depth_target.canonical_target).
     # "metric": s = 1, t = 0 against the true disparity of synthetic data (vq3d.losses.depth.
     # metric_depth_loss); Eq. 3 is then moot. "auto": metric on synthetic data, else relative.
-    depth_target: Literal["auto", "relative", "metric"] = "relative"
+    depth_target: Literal["auto", "relative", "metric", "canonical"] = "relative"
+    canonical_band: float = 0.2  # G3DR: depths 4..6 for cameras at distance 5
+    # Where the target is an estimator's (relative, canonical): compare inverse depth along the
+    # camera axis, 1 / z, what monocular estimators predict ("camera_axis"), or 1 / t along the
+    # ray ("ray", what vq3d did before: up to 14% off at a 45-degree view's corners). The paper
+    # does not say; DPT's output is 1 / z. (Defaults here are the older behaviour, so a run saved
+    # before a field existed loads as it was trained; the presets set the new values.)
+    depth_convention: Literal["camera_axis", "ray"] = "ray"
+    # The relative target's per-image normalization: "robust" maps the 2nd and 98th percentiles to
+    # 0 and 1, "minmax" the extremes (two pixels then set the units of s* and of Eq. 3).
+    target_normalization: Literal["robust", "minmax"] = "minmax"
+    # The units of the rendered disparity in Eq. 1-3 (so of s*, max_scale and the floor):
+    # "lookat": camera_distance / z, 1 at the orbit's centre, so Eq. 3's 1 reads "no flatter than
+    # infinity to the look-at point"; "world": 1 / world units (before).
+    scale_unit: Literal["lookat", "world"] = "world"
     # The look-at prior (vq3d/losses/lookat.py; not in the paper, 0 = off): the canonical view's
     # central pixels rendered at render.camera_distance, the point the novel cameras orbit. It
     # fixes the shift t* of Eq. 1, which the relative loss leaves free.
     lookat: float = 0.0
     lookat_fraction: float = 0.1  # side of the central square, as a fraction of the image's
-    # Where the central pixels' mean depth is put, as a fraction of render.camera_distance: 1 is
-    # the orbit's centre; a subject's visible front is nearer than its centre (exact geometry
-    # of the synthetic training scenes gives 0.90: vq3d.losses.lookat.exact_lookat_depth).
+    # Where the central pixels are put, as a fraction of render.camera_distance: 1 is the orbit's
+    # centre, the camera model's subject (exact geometry of the synthetic training scenes gives
+    # 0.90: vq3d.losses.lookat.exact_lookat_depth, a value no photo has).
     lookat_depth: float = 1.0
+    # what is put there: "disparity", the central pixels' mean camera-axis disparity (robust to
+    # the far tail of a ray's weights), or "depth", their mean expected ray depth (before)
+    lookat_statistic: Literal["disparity", "depth"] = "depth"
     r1_gamma: float = 10.0  # lazy R1 penalty on real images
     r1_every: int = 16
     lpips_vgg_path: str = ""  # local VGG16 weights (safetensors or torchvision .pth state dict)

@@ -1,22 +1,27 @@
 """Estimator-like depth targets for the synthetic benchmark: what a monocular depth model would
 give, made from the true depth, written to a depth cache like any photo's.
 
-A monocular estimator (DPT, the paper's) returns relative inverse depth: right in order, wrong in
-scale and shift, distorted by a monotone curve that varies from image to image, smoother than the
-truth and noisy. `estimator_like` makes such a map from a scene's true disparity:
+A monocular estimator (DPT, the paper's) returns relative inverse depth along the camera's axis,
+1 / z (not 1 / t along each ray: at the corners of a 45-degree view 1 / t is 14% smaller): right
+in order, affine in scale and shift, distorted by a monotone curve that varies from image to
+image, smoother than the truth and noisy. `estimator_like` makes such a map from a scene's true
+camera-axis disparity:
 
-    d = normalize(1 / depth)                  per-image min-max to [0, 1]
+    d = normalize(1 / z)                      per-image min-max to [0, 1]
+    d = a d + b,  log a ~ U(-log scale, log scale), b ~ U(0, shift)   the affine ambiguity
     d = d ** g,   log g ~ U(-log gamma, log gamma)   a random monotone distortion per image
     d = blur(d, sigma = blur * R)            Gaussian, separable, edges replicated
     d = d + N(0, noise^2)                    per pixel
     d = normalize(d)                          the cache's convention
 
-seeded by (seed, scene index), so a map never depends on which process or order made it.
-`write_estimator_cache` stores the maps in a `DepthCache` keyed by the scene images, and a run
-with `data.depth_cache` set reads them through the same code path as photos' pseudo-GT: the
-cache lookup, the per-image normalized target and the paper's relative loss (Eq. 1-3). The
-corruption is recorded as the cache's model name (cache.json) and in each run's
-`dataset_info.json`.
+seeded by (seed, scene index), so a map never depends on which process or order made it. The
+cache stores maps min-max normalized, so an affine map applied last would vanish; applied before
+the distortion, its shift b / a moves where the curve's origin sits (where an estimator puts
+"infinity"), which the loss must not depend on. `write_estimator_cache` stores the maps in a
+`DepthCache` keyed by the scene images, and a run with `data.depth_cache` set reads them through
+the same code path as photos' pseudo-GT: the cache lookup, the per-image normalized target and the
+paper's relative loss (Eq. 1-3). The corruption is recorded as the cache's model name (cache.json)
+and in each run's `dataset_info.json`.
 """
 
 from __future__ import annotations
@@ -39,17 +44,22 @@ class Corruption:
     blur: float = 0.02  # Gaussian blur sigma as a fraction of the image side (0 = none)
     noise: float = 0.02  # std of additive Gaussian noise on the [0, 1] map (0 = none)
     seed: int = 0
+    scale: float = 2.0  # the affine ambiguity's scale, drawn log-uniformly in [1/scale, scale] (1 = none)
+    shift: float = 0.5  # its shift, drawn uniformly in [0, shift] of the normalized map (0 = none)
+    axis: str = "camera"  # "camera": from 1 / z, as estimators give; "ray": from 1 / t (vq3d before)
 
     def __post_init__(self) -> None:
-        if not (self.gamma >= 1.0 and self.blur >= 0.0 and self.noise >= 0.0):
-            raise UserError(f"estimator-like depth needs gamma >= 1, blur >= 0 and noise >= 0, got "
-                            f"gamma={self.gamma}, blur={self.blur}, noise={self.noise}")
+        if not (self.gamma >= 1.0 and self.blur >= 0.0 and self.noise >= 0.0 and self.scale >= 1.0
+                and self.shift >= 0.0 and self.axis in ("camera", "ray")):
+            raise UserError(f"estimator-like depth needs gamma >= 1, blur >= 0, noise >= 0, scale >= 1, shift >= 0 "
+                            f"and axis camera or ray, got gamma={self.gamma}, blur={self.blur}, noise={self.noise}, "
+                            f"scale={self.scale}, shift={self.shift}, axis={self.axis}")
 
     @property
     def name(self) -> str:
         """The cache's model name: every parameter, so two corruptions never share a cache."""
         return (f"vq3d-estimator-like(gamma={self.gamma:g}, blur={self.blur:g}, noise={self.noise:g}, "
-                f"seed={self.seed})")
+                f"seed={self.seed}, scale={self.scale:g}, shift={self.shift:g}, axis={self.axis})")
 
 
 def _normalize(d: np.ndarray) -> np.ndarray:
@@ -69,9 +79,13 @@ def _gaussian_blur(d: np.ndarray, sigma: float) -> np.ndarray:
 
 
 def estimator_like(true_disparity: np.ndarray, corruption: Corruption, index: int) -> np.ndarray:
-    """A relative disparity map (R, R) float32 in [0, 1] from a scene's true disparity (R, R)."""
+    """A relative disparity map (R, R) float32 in [0, 1] from a scene's true disparity (R, R), in
+    the convention the map should have (1 / z for an estimator; `write_estimator_cache` converts)."""
     rng = np.random.default_rng([corruption.seed, index])
     d = _normalize(np.asarray(true_disparity, dtype=np.float64))
+    a = math.exp(rng.uniform(-math.log(corruption.scale), math.log(corruption.scale)))
+    b = rng.uniform(0.0, corruption.shift)
+    d = a * d + b
     if corruption.gamma > 1.0:
         d = d ** math.exp(rng.uniform(-math.log(corruption.gamma), math.log(corruption.gamma)))
     if corruption.blur > 0.0:
@@ -89,8 +103,13 @@ def write_estimator_cache(data: str | Path, out: str | Path, corruption: Corrupt
 
     from vq3d.data.synthetic_dataset import SyntheticDataset
 
+    from vq3d.render.cameras import axis_cosines
+
     dataset = SyntheticDataset(data, novel_views=False)
     cache = DepthCache(out, dataset.resolution)
+    res = dataset.resolution
+    # every scene's canonical camera has the dataset's field of view: 1 / z = (1 / t) / cos
+    cosines = axis_cosines(dataset.fov_deg, res, res).numpy() if corruption.axis == "camera" else 1.0
     cache.claim(corruption.name, "disparity")
     have = cache.existing_digests()
     written = kept = 0
@@ -99,7 +118,7 @@ def write_estimator_cache(data: str | Path, out: str | Path, corruption: Corrupt
         if source.digest() in have:
             kept += 1
             continue
-        disparity = dataset[i]["disparity"][0].numpy()  # the truth (synthetic: 1 / depth)
+        disparity = dataset[i]["disparity"][0].numpy() / cosines  # the truth: 1 / t, then 1 / z
         cache.save(source, estimator_like(disparity, corruption, dataset.records[i]["index"]))
         written += 1
     return written, kept

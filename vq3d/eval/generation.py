@@ -47,7 +47,7 @@ from vq3d.eval.common import (
 from vq3d.eval.extractors import Extractor, FeatureSet, load_extractors
 from vq3d.eval.metrics import depth_accuracy, depth_at_accumulated_weight, non_flatness_score
 from vq3d.eval.real_stats import ReferenceStats, default_cache_dir, iter_image_batches, reference_statistics
-from vq3d.losses.depth import normalize_disparity, solve_scale_shift
+from vq3d.losses.depth_target import axis_disparity_map, disparity_scale, true_target_disparity
 from vq3d.render.cameras import sample_novel_cameras
 from vq3d.train.runs import load_stage1
 
@@ -72,10 +72,11 @@ def _geometry(means: Means, prefix: str, canon: Any, cfg: Any, far: float, estim
     if estimator is None:
         return
     predicted = depth_model_disparity(estimator, canon.rgb)  # (B, 1, R, R)
-    means.add(f"{prefix}_depth_accuracy_depth_model", depth_accuracy(canon.disparity, predicted, reduction="none"))
+    # the estimator's disparity is along the camera's axis: the render's is compared in that convention
+    rendered = axis_disparity_map(canon, cfg.loss)
+    means.add(f"{prefix}_depth_accuracy_depth_model", depth_accuracy(rendered, predicted, reduction="none"))
     target = predicted if depth_target_images is None else depth_model_disparity(estimator, depth_target_images)
-    s, _ = solve_scale_shift(canon.weights, canon.sample_disparity, target.flatten(1))
-    means.add(f"{prefix}_disparity_scale_depth_model", s)
+    means.add(f"{prefix}_disparity_scale_depth_model", disparity_scale(canon, target, cfg.loss, cfg.render))
 
 
 @torch.no_grad()
@@ -110,11 +111,10 @@ def _stage1_metrics(model: Any, cfg: Any, dataset: Any, n: int, radius: float, e
         _geometry(means, "s1", canon, cfg, far, estimator, images)
         if "depth" in batch and "novel_c2w" in batch:  # synthetic: ground-truth depth
             gt_depth = batch["depth"].to(device)
-            gt_disparity = 1.0 / gt_depth
             # depth with depth, as `eval stage1` (the ground-truth depth accuracy)
             means.add("s1_depth_accuracy_gt", depth_accuracy(canon.depth, gt_depth, reduction="none"))
-            s, _ = solve_scale_shift(canon.weights, canon.sample_disparity, normalize_disparity(gt_disparity).flatten(1))
-            means.add("s1_disparity_scale_gt", s)
+            means.add("s1_disparity_scale_gt", disparity_scale(canon, true_target_disparity(gt_depth, canon, cfg.loss),
+                                                               cfg.loss, cfg.render))
         count += b
     metrics = means.result()
     metrics["s1_images"] = count

@@ -33,7 +33,7 @@ from tqdm import tqdm
 from vq3d.errors import UserError
 from vq3d.eval.metrics import depth_accuracy, object_region, psnr, region_depth_ratio, ssim
 from vq3d.eval.warp import warp_to_view
-from vq3d.losses.depth import normalize_disparity, solve_scale_shift
+from vq3d.losses.depth_target import disparity_scale, true_target_disparity
 from vq3d.render.cameras import Cameras
 from vq3d.train.runs import load_stage1
 
@@ -100,9 +100,8 @@ def evaluate_stage1(run_dir: str | Path, data_path: str | Path, split: str = "te
             add("lpips", lpips(canon.rgb, images))
         gt_depth = batch["depth"].to(device)
         add("depth_accuracy", depth_accuracy(canon.depth, gt_depth, reduction="none"))
-        target = normalize_disparity(1.0 / gt_depth).flatten(1)
-        s, _ = solve_scale_shift(canon.weights, canon.sample_disparity, target)
-        add("disparity_scale", s)
+        add("disparity_scale", disparity_scale(canon, true_target_disparity(gt_depth, canon, cfg.loss), cfg.loss,
+                                               cfg.render))
         origins, dirs = model.canonical_cameras(images.shape[0], device).rays(res, res)
         region = object_region(gt_depth, origins, dirs, batch["object_center"].to(device),
                                batch["object_radius"].to(device))

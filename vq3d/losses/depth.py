@@ -120,8 +120,25 @@ def scale_loss(s: Tensor, small_scale: float, max_scale: float = 1.0) -> Tensor:
     return (F.relu(-s) + small_scale * F.relu(s - max_scale)).mean()
 
 
+ROBUST_QUANTILES = (0.02, 0.98)  # what robust_normalize_disparity maps to 0 and 1
+
+
+def robust_normalize_disparity(disparity: Tensor, quantiles: tuple[float, float] = ROBUST_QUANTILES) -> Tensor:
+    """Per-image affine normalization that maps the target's 2nd and 98th percentiles to 0 and
+    1; (B, ...) -> same. Units of Eq. 1's s* and Eq. 3's threshold then follow the bulk of the
+    image, not its two most extreme pixels (one stray pixel of min-max normalization can halve
+    every other pixel's range). Percentiles by nearest rank (a sort: no host sync)."""
+    flat = disparity.flatten(1)
+    n = flat.shape[1]
+    ordered = flat.sort(dim=1).values
+    lo_rank, hi_rank = (min(n - 1, max(0, round(q * (n - 1)))) for q in quantiles)
+    shape = (-1, *[1] * (disparity.dim() - 1))
+    lo, hi = ordered[:, lo_rank].view(shape), ordered[:, hi_rank].view(shape)
+    return (disparity - lo) / (hi - lo).clamp_min(1e-8)
+
+
 def normalize_disparity(disparity: Tensor) -> Tensor:
-    """Per-image min-max normalization to [0, 1] (the pseudo-GT convention); (B, ...) -> same."""
+    """Per-image min-max normalization to [0, 1] (the depth cache's convention); (B, ...) -> same."""
     flat = disparity.flatten(1)
     lo = flat.min(dim=1).values.view(-1, *[1] * (disparity.dim() - 1))
     hi = flat.max(dim=1).values.view(-1, *[1] * (disparity.dim() - 1))

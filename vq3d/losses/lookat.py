@@ -45,12 +45,22 @@ def central_pixels(height: int, width: int, fraction: float, device: torch.devic
 
 
 @fp32
-def lookat_loss(depth: Tensor, central: Tensor, camera_distance: float) -> Tensor:
-    """The prior's value: depth (B, N) rendered ray distances, central (B, N) bool, the rays
-    that belong to the central square (each image needs at least one)."""
-    weight = central.to(depth.dtype)
-    mean_depth = (depth * weight).sum(1) / weight.sum(1).clamp_min(1.0)
-    return torch.log(mean_depth.clamp_min(1e-6) / camera_distance).square().mean()
+def lookat_loss(values: Tensor, central: Tensor, target_depth: float, statistic: str = "disparity") -> Tensor:
+    """The prior's value: values (B, N) per ray, central (B, N) bool, the rays of the central square
+    (each image needs at least one); target_depth: lookat_depth x camera_distance.
+
+    statistic "disparity": `values` are camera-axis disparities 1 / z; the central mean m is put
+    at 1 / target_depth (its depth, the harmonic mean of the central depths, at the target): a
+    few weights far along a ray barely move a disparity, while they drag an expected depth far.
+    statistic "depth": `values` are expected ray depths, their central mean put at target_depth.
+    Either way the error is in log depth, so nearer and farther by one ratio cost alike."""
+    weight = central.to(values.dtype)
+    mean = (values * weight).sum(1) / weight.sum(1).clamp_min(1.0)
+    if statistic == "depth":
+        return torch.log(mean.clamp_min(1e-6) / target_depth).square().mean()
+    if statistic != "disparity":
+        raise ValueError(f"unknown loss.lookat_statistic {statistic!r}: use disparity or depth")
+    return torch.log(mean.clamp_min(1e-6) * target_depth).square().mean()
 
 
 @torch.no_grad()

@@ -16,7 +16,8 @@ import torch
 from torch import Tensor, nn
 
 from vq3d.config import LossConfig, RenderConfig
-from vq3d.losses.depth import depth_loss, metric_depth_loss, normalize_disparity, scale_loss
+from vq3d.losses.depth import depth_loss, metric_depth_loss, scale_loss
+from vq3d.losses.depth_target import axis_disparity_map, canonical_target, loss_disparity, relative_target
 from vq3d.losses.gan import discriminator_loss, generator_loss, r1_penalty
 from vq3d.losses.lookat import central_pixels, lookat_loss
 from vq3d.losses.nerf import distortion_loss, interlevel_loss
@@ -93,7 +94,7 @@ def scale_floor(loss_cfg: LossConfig, step: int) -> float:
 def generator_losses(
     images: Tensor,
     target_disparity: Tensor | None,
-    quant: QuantizerOutput,
+    quant: QuantizerOutput | None,
     canonical: RenderOutput,
     novel: RenderOutput | None,
     loss_cfg: LossConfig,
@@ -110,7 +111,9 @@ def generator_losses(
 
     metric_depth: the target is true disparity in the renderer's units, so the depth loss is
     Eq. 2 at s = 1, t = 0 (`metric_depth_loss`) and Eq. 3 is left out; else Eq. 1-3 on the
-    per-image normalized target.
+    per-image normalized target, against camera-axis disparities (`vq3d.losses.depth_target`).
+    quant, d_main, d_novel, novel: None leaves their terms out (refining a decoded scene has no
+    quantizer output and no discriminators: `vq3d.refine`).
 
     pixels: (B, N) raster indices when `canonical` rendered only those rays (its images are then
     (B, C, 1, N)); the targets are gathered to match, after the per-image disparity normalization.
@@ -122,8 +125,11 @@ def generator_losses(
     height, width = images.shape[-2:]
     if pixels is not None:
         images = gather_pixels(images, pixels)
-    terms: dict[str, Tensor] = {"mse": mse_loss(rgb, images), "vq": quant.loss}
-    total = c.mse * terms["mse"] + c.vq * terms["vq"]
+    terms: dict[str, Tensor] = {"mse": mse_loss(rgb, images)}
+    total = c.mse * terms["mse"]
+    if quant is not None:
+        terms["vq"] = quant.loss
+        total = total + c.vq * terms["vq"]
     if c.logit_laplace:
         terms["logit_laplace"] = logit_laplace(rgb, images)
         total = total + c.logit_laplace * terms["logit_laplace"]
@@ -134,7 +140,7 @@ def generator_losses(
         total = total + c.perceptual * terms["perceptual"]
     if target_disparity is not None and (c.depth or (c.scale and not metric_depth)):
         # metric targets are used as they are; relative ones are normalized per image first
-        target = target_disparity if metric_depth else normalize_disparity(target_disparity)
+        target = target_disparity if metric_depth else relative_target(target_disparity, c)
         target = target.flatten(1)  # (B, H*W)
         if pixels is not None:
             target = target.gather(1, pixels)  # (B, N)
@@ -142,8 +148,13 @@ def generator_losses(
             terms["depth"], s = metric_depth_loss(canonical.weights, canonical.sample_disparity, target)
             terms["s_star"] = s.mean()  # Eq. 1's s* against true disparity: 1 for exact geometry
             total = total + c.depth * terms["depth"]
+        elif c.depth_target == "canonical":  # G3DR's fixed band, then the metric loss
+            terms["depth"], s = metric_depth_loss(canonical.weights, loss_disparity(canonical, c, render_cfg),
+                                                  canonical_target(target, c, render_cfg))
+            terms["s_star"] = s.mean()
+            total = total + c.depth * terms["depth"]
         else:
-            terms["depth"], s, t = depth_loss(canonical.weights, canonical.sample_disparity, target,
+            terms["depth"], s, t = depth_loss(canonical.weights, loss_disparity(canonical, c, render_cfg), target,
                                               grad_through_st=c.depth_grad_through_st,
                                               min_scale=scale_floor(c, step))
             terms["scale"] = scale_loss(s, c.small_scale, c.max_scale)
@@ -155,8 +166,10 @@ def generator_losses(
         central = central_pixels(height, width, c.lookat_fraction, images.device)
         rays = pixels if pixels is not None else torch.arange(height * width, device=images.device)[None]
         is_central = (rays[..., None] == central).any(-1).expand(rgb.shape[0], -1)  # (B, N), no host sync
-        terms["lookat"] = lookat_loss(canonical.depth.flatten(1), is_central,
-                                      c.lookat_depth * render_cfg.camera_distance)
+        values = (canonical.depth if c.lookat_statistic == "depth" else
+                  axis_disparity_map(canonical, c))  # mean ray depth (as before), or mean camera-axis disparity
+        terms["lookat"] = lookat_loss(values.flatten(1), is_central, c.lookat_depth * render_cfg.camera_distance,
+                                      c.lookat_statistic)
         total = total + c.lookat * terms["lookat"]
     if c.distortion or c.interlevel:
         renders = [canonical] + ([novel] if novel is not None else [])

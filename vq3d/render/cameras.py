@@ -7,7 +7,9 @@ Conventions (see docs/design.md):
   its local -z, +x is right and +y is up in the image.
 - Pixel (row v, column u) has its centre at (u + 0.5, v + 0.5); row 0 is the top of the image.
 - Ray directions are unit length, so a sample's `t` is its Euclidean distance from the camera:
-  "depth" everywhere in vq3d means this ray distance and "disparity" means 1 / depth.
+  "depth" everywhere in vq3d means this ray distance and "disparity" means 1 / depth. Monocular
+  depth estimators predict inverse depth along the camera's axis, 1 / z = 1 / (t cos), with
+  `axis_cosines` giving each pixel's cos; the depth loss converts where its target is theirs.
 - Novel cameras move the canonical position uniformly inside a disc of radius
   `sampling_radius` in the plane tangent to the camera sphere, then re-aim at the origin
   (paper Sec. 3.2). Orbits for videos walk the rim of that disc.
@@ -121,6 +123,17 @@ def camera_rays(c2w: Tensor, fov_deg: float, height: int, width: int) -> tuple[T
     dirs = torch.einsum("bij,hwj->bhwi", c2w[:, :3, :3], dirs_cam)  # (B, H, W, 3)
     origins = c2w[:, None, None, :3, 3].expand_as(dirs)
     return origins, dirs
+
+
+@fp32
+def axis_cosines(fov_deg: float, height: int, width: int, device: torch.device | str = "cpu") -> Tensor:
+    """cos of the angle between each pixel's ray and the camera's optical axis (H, W), fp32; the
+    same for every camera of a field of view. A point at ray distance t lies at depth z = t cos
+    along the axis, the depth that monocular estimators predict (as 1 / z)."""
+    f = focal_length(fov_deg, height)
+    u = (torch.arange(width, dtype=GEOMETRY_DTYPE, device=device) + 0.5 - width / 2.0) / f
+    v = (torch.arange(height, dtype=GEOMETRY_DTYPE, device=device) + 0.5 - height / 2.0) / f
+    return torch.rsqrt(1.0 + v[:, None].square() + u[None, :].square())
 
 
 def canonical_position(camera_distance: float, dtype: torch.dtype = GEOMETRY_DTYPE,

@@ -57,7 +57,7 @@ from torch.utils.checkpoint import checkpoint
 
 from vq3d.config import RenderConfig
 from vq3d.precision import upcast, wide
-from vq3d.render.cameras import Cameras
+from vq3d.render.cameras import Cameras, axis_cosines
 from vq3d.render.compositing import alpha_weights, background_rgb, composite, interval_lengths
 from vq3d.render.contraction import contract
 from vq3d.render.execution import ExecutionPolicy, execution_policy, lookup_bytes_per_point, render_bytes_per_ray
@@ -104,6 +104,9 @@ class RenderOutput:
     spacing_edges: Tensor
     proposal_weights: list[Tensor] = field(default_factory=list)
     proposal_spacing_edges: list[Tensor] = field(default_factory=list)
+    # (B, N) cos of each ray's angle to its camera's axis (`render_cameras` only; None from
+    # `forward`, whose rays have no camera): camera-axis disparity = disparity / axis_cos
+    axis_cos: Tensor | None = None
 
 
 class _Features:
@@ -247,13 +250,17 @@ class Renderer(nn.Module):
         origins, dirs = cameras.to(ref.device, wide(ref.dtype)).rays(height, width)
         batch = origins.shape[0]
         origins, dirs = origins.reshape(batch, -1, 3), dirs.reshape(batch, -1, 3)
+        cosines = axis_cosines(cameras.fov_deg, height, width, origins.device).to(origins.dtype)
+        cosines = cosines.reshape(1, -1).expand(batch, -1)
         if pixels is not None:
             if pixels.shape[0] != batch or pixels.dim() != 2:
                 raise ValueError(f"pixels must be (B={batch}, N) indices, got {tuple(pixels.shape)}")
-            index = pixels.to(origins.device)[..., None].expand(-1, -1, 3)
-            origins, dirs = origins.gather(1, index), dirs.gather(1, index)
+            pixels = pixels.to(origins.device)
+            index = pixels[..., None].expand(-1, -1, 3)
+            origins, dirs, cosines = origins.gather(1, index), dirs.gather(1, index), cosines.gather(1, pixels)
             height, width = 1, pixels.shape[1]
         out = self(features, origins, dirs, train=train, step=step, generator=generator)
+        out.axis_cos = cosines
 
         def image(x: Tensor) -> Tensor:
             return x.reshape(batch, height, width, -1).permute(0, 3, 1, 2)

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from vq3d.config import Config, ConfigError, save_config
+from vq3d.config.validate import validate
 from vq3d.data.loader import build_dataset, detect_kind, write_dataset_info
 from vq3d.errors import UserError
 from vq3d.losses.depth_target import metric_depth_target
@@ -79,9 +80,7 @@ class Stage1Trainer:
                               f"and train.batch_size ({t.batch_size})")
         if cfg.render.train_rays < 0:
             raise ConfigError(f"render.train_rays {cfg.render.train_rays} must be >= 0 (0 = every pixel)")
-        if L.lookat and not (L.lookat_depth > 0 and 0 < L.lookat_fraction <= 1):
-            raise ConfigError(f"loss.lookat_depth {L.lookat_depth} must be > 0 and loss.lookat_fraction "
-                              f"{L.lookat_fraction} in (0, 1]")
+        validate(cfg)  # a config built in code, not through load_config, is checked here
         self.metric_depth = uses_metric_depth(cfg)
         self.model = Stage1Model(cfg).to(self.device)
         res = cfg.data.resolution

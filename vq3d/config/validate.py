@@ -1,0 +1,25 @@
+"""Checks across fields: settings that contradict each other are refused with the keys named."""
+
+from __future__ import annotations
+
+from vq3d.config.schema import Config, ConfigError
+
+
+def validate(cfg: Config) -> Config:
+    """Raise ConfigError for contradictory settings; returns `cfg`."""
+    L = cfg.loss
+    if L.depth_scale_floor < 0 or L.max_scale < 0:
+        raise ConfigError(f"loss.depth_scale_floor ({L.depth_scale_floor}) and loss.max_scale ({L.max_scale}) "
+                          "must be >= 0")
+    relative = L.depth_target in ("relative", "auto")
+    if relative and L.scale > 0 and L.depth_scale_floor > L.max_scale:
+        raise ConfigError(f"loss.depth_scale_floor ({L.depth_scale_floor}) is above Eq. 3's threshold "
+                          f"loss.max_scale ({L.max_scale}): the floor would hold s* where Eq. 3 penalizes it; "
+                          "lower the floor or raise the threshold (both are in loss.scale_unit)")
+    if not 0 < L.canonical_band < 1:
+        raise ConfigError(f"loss.canonical_band ({L.canonical_band}) must be in (0, 1): the band is "
+                          "camera_distance x (1 +- band)")
+    if L.lookat and not (L.lookat_depth > 0 and 0 < L.lookat_fraction <= 1):
+        raise ConfigError(f"loss.lookat_depth {L.lookat_depth} must be > 0 and loss.lookat_fraction "
+                          f"{L.lookat_fraction} in (0, 1]")
+    return cfg
