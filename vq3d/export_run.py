@@ -54,7 +54,7 @@ def _stage1(run: Path, steps: int, eval_data, max_scenes: int, device: str) -> t
     info = run / "dataset_info.json"
     depth = json.loads(info.read_text()).get("depth_targets") if info.is_file() else None
     model.hub_meta = {"class_names": class_names, "codebook_hash": codebook_fingerprint(model), "steps": steps,
-                      "source_run": str(run.resolve())}
+                      "source_run": str(run.resolve()), "logit_laplace_log_scale": _logit_laplace_log_scale(run, cfg)}
     metrics, note = [], "No held-out metrics: export with `--eval-data SYNTHETIC_DATA` to score them."
     if eval_data:
         from vq3d.eval.stage1 import evaluate_stage1
@@ -71,6 +71,19 @@ def _stage1(run: Path, steps: int, eval_data, max_scenes: int, device: str) -> t
             "commands": ("vq3d reconstruct --stage1 DIR_OR_HUB_ID photo.jpg --out recon/\n"
                          "vq3d view --stage1 DIR_OR_HUB_ID")}
     return model, card
+
+
+def _logit_laplace_log_scale(run: Path, cfg) -> list[float] | None:
+    """The run's learned logit-Laplace log-scale per channel (refining an export uses it), or None."""
+    from vq3d.losses.reconstruction import LogitLaplaceLoss
+    from vq3d.train.checkpoint import load_checkpoint
+
+    ckpt = latest_checkpoint(run)
+    if not (ckpt / "logit_laplace.safetensors").is_file():
+        return None
+    loss = LogitLaplaceLoss(cfg.loss.logit_laplace_eps)
+    load_checkpoint(ckpt, {"logit_laplace": loss}, restore_rng=False)
+    return [float(v) for v in loss.log_scale.detach()]
 
 
 def _stage2(run: Path, steps: int, device: str) -> tuple[Any, dict[str, Any]]:

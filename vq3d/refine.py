@@ -7,14 +7,18 @@ N steps, with the Stage-1 model's MLPs frozen. Two things can be optimized (`tar
 - "latents": the decoder's input as continuous vectors (l2-normalized as the quantizer's are),
   starting from the one pass's codes and free to leave the codebook, decoded by the frozen
   decoder at every step, so the scene stays one the decoder can make.
-The losses are the run's own reconstruction terms of Eq. 4 (MSE, logit-Laplace with the run's
-learned scale, LPIPS when its weights are configured), the depth loss of Eq. 1-2 when a relative
-target disparity is given, and the NeRF regularizers (distortion, interlevel), at the run's
-weights. Measured against ground truth on held-out synthetic scenes by `vq3d eval refine`.
+The losses are the run's own Eq. 4 through the same assembly as training
+(`vq3d.losses.stage1.generator_losses`), with the parts refinement has: the reconstruction terms
+(MSE, logit-Laplace with the run's learned scale, LPIPS when its weights are configured), the
+depth loss the run was trained with (Eq. 1-3 with its floor, convention and units, or the
+canonical band) when a target disparity is given, the look-at prior when the run used it, and the
+NeRF regularizers, at the run's weights; no VQ term (nothing is quantized) and no GAN terms (no
+discriminators). Measured against ground truth on held-out synthetic scenes by `vq3d eval refine`.
 """
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Literal
 
@@ -24,10 +28,9 @@ from torch import Tensor
 from tqdm import tqdm
 
 from vq3d.errors import UserError
-from vq3d.losses.depth import depth_loss, normalize_disparity
 from vq3d.losses.perceptual import build_perceptual
-from vq3d.losses.reconstruction import LogitLaplaceLoss, mse_loss
-from vq3d.losses.stage1 import nerf_regularizers
+from vq3d.losses.reconstruction import LogitLaplaceLoss
+from vq3d.losses.stage1 import generator_losses
 from vq3d.train.checkpoint import latest_checkpoint, load_checkpoint
 
 RefineTarget = Literal["planes", "latents"]
@@ -37,14 +40,15 @@ TARGETS = ("planes", "latents")
 class Refiner:
     """The loss terms a refinement uses, built once per Stage-1 run."""
 
+    # the step the run's schedules are read at: after training (a fading floor has faded, the
+    # GAN weight is whole though no discriminator is there to use it)
+    AFTER_TRAINING = 10**9
+
     def __init__(self, model, run_dir: str | Path | None = None) -> None:
         self.model, cfg = model, model.cfg
-        self.loss_cfg = cfg.loss
         device = next(model.parameters()).device
         self.logit_laplace = LogitLaplaceLoss(cfg.loss.logit_laplace_eps).to(device)
-        ckpt = latest_checkpoint(run_dir) if run_dir is not None else None
-        if ckpt is not None and (ckpt / "logit_laplace.safetensors").is_file():  # the run's learned scale
-            load_checkpoint(ckpt, {"logit_laplace": self.logit_laplace}, restore_rng=False)
+        self.logit_laplace_source = _load_logit_laplace_scale(self.logit_laplace, model, run_dir)
         self.logit_laplace.requires_grad_(False)
         self.perceptual = build_perceptual(cfg.loss)
         if self.perceptual is not None:
@@ -53,24 +57,29 @@ class Refiner:
     def loss(self, scene, image: Tensor, target_disparity: Tensor | None) -> tuple[Tensor, dict[str, Tensor]]:
         """The refinement objective of one scene against its photo (1, 3, H, W) in [-1, 1], and its
         terms (detached tensors: read on the host only once, after the last step)."""
-        c, model = self.loss_cfg, self.model
-        out = model.render(scene, model.canonical_cameras(1, image.device), train=True, step=10**9)
-        terms = {"mse": mse_loss(out.rgb, image)}
-        total = c.mse * terms["mse"]
-        if c.logit_laplace:
-            terms["logit_laplace"] = self.logit_laplace(out.rgb, image)
-            total = total + c.logit_laplace * terms["logit_laplace"]
-        if c.perceptual and self.perceptual is not None:
-            terms["perceptual"] = self.perceptual(out.rgb, image).mean()
-            total = total + c.perceptual * terms["perceptual"]
-        if target_disparity is not None and c.depth:
-            target = normalize_disparity(target_disparity).flatten(1)
-            terms["depth"], _, _ = depth_loss(out.weights, out.sample_disparity, target)
-            total = total + c.depth * terms["depth"]
-        if c.distortion or c.interlevel:
-            terms["distortion"], terms["interlevel"] = nerf_regularizers(out)
-            total = total + c.distortion * terms["distortion"] + c.interlevel * terms["interlevel"]
-        return total, {k: v.detach() for k, v in terms.items()}
+        cfg, model = self.model.cfg, self.model
+        out = model.render(scene, model.canonical_cameras(1, image.device), train=True, step=self.AFTER_TRAINING)
+        total, terms = generator_losses(image, target_disparity, None, out, None, cfg.loss, cfg.render,
+                                        self.logit_laplace, self.perceptual, None, None, self.AFTER_TRAINING)
+        return total, {k: v.detach() for k, v in terms.items() if k not in ("gan_weight", "novel_gan_weight")}
+
+
+def _load_logit_laplace_scale(loss: LogitLaplaceLoss, model, run_dir: str | Path | None) -> str:
+    """Load the run's learned logit-Laplace scale into `loss`: from the run's checkpoint, or from an
+    export's meta (`vq3d export-run` keeps it); says where it came from."""
+    ckpt = latest_checkpoint(run_dir) if run_dir is not None and Path(run_dir).is_dir() else None
+    if ckpt is not None and (ckpt / "logit_laplace.safetensors").is_file():
+        load_checkpoint(ckpt, {"logit_laplace": loss}, restore_rng=False)
+        return f"checkpoint {ckpt}"
+    saved = getattr(model, "hub_meta", {}).get("logit_laplace_log_scale")
+    if saved is not None:
+        with torch.no_grad():
+            loss.log_scale.copy_(torch.tensor(saved, dtype=loss.log_scale.dtype))
+        return "export meta"
+    if model.cfg.loss.logit_laplace:
+        warnings.warn("the run's learned logit-Laplace scale is not available (an export made before "
+                      "vq3d export-run kept it): refining with b = 1", stacklevel=3)
+    return "b = 1 (not saved)"
 
 
 def refine_scene(refiner: Refiner, image: Tensor, steps: int, target: RefineTarget = "planes", lr: float = 0.01,
