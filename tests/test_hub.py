@@ -55,6 +55,13 @@ def test_a_stage1_run_round_trips_bit_exactly_with_its_card(runs, capsys):
     first, second = (json.loads(line) for line in capsys.readouterr().out.strip().splitlines())
     assert first["psnr"] == second["psnr"] and first["novel_view_psnr"] == second["novel_view_psnr"]
     assert main(["export-run", str(runs["s1"]), "--out", str(out)]) == 2  # never over an export
+    # refining the export uses the run's learned logit-Laplace scale, as refining the run does
+    from vq3d.refine import Refiner
+
+    from_run, from_export = Refiner(trained, runs["s1"]), Refiner(loaded, out)
+    assert from_export.logit_laplace_source == "export meta"
+    assert torch.equal(from_run.logit_laplace.log_scale, from_export.logit_laplace.log_scale)
+    assert float(from_run.logit_laplace.log_scale.abs().sum()) > 0  # learned, not b = 1
 
 
 def test_a_stage2_run_round_trips_and_generates_from_exports(runs, tmp_path):

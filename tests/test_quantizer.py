@@ -94,3 +94,28 @@ def test_perplexity_of_uniform_usage():
     out = q.eval()(feats)
     assert torch.equal(out.ids, torch.arange(4)[None])
     assert abs(out.perplexity.item() - 4.0) < 1e-4
+
+
+def test_a_trainer_step_with_dead_code_steps_1_restarts_every_code_the_step_did_not_use(tmp_path):
+    """dead_code_steps = 1: after one step every code that step's batch left unused is dead, so the
+    step restarts exactly K minus the number of distinct codes it used."""
+    from vq3d.config import load_config
+    from vq3d.train.stage1 import Stage1Trainer, read_scalars
+
+    cfg = load_config("tiny", [], ["train.device=cpu", "model.dead_code_steps=1", "loss.gan_start_steps=100"])
+    trainer = Stage1Trainer(cfg, tmp_path)
+    g = torch.Generator().manual_seed(0)
+    batch = {"image": torch.rand(4, 3, 16, 16, generator=g) * 2 - 1, "disparity": torch.rand(4, 1, 16, 16, generator=g)}
+    seen = []
+    original = trainer.model.quantizer.forward
+
+    def recording(features):
+        out = original(features)
+        seen.append(out.ids.clone())
+        return out
+
+    trainer.model.quantizer.forward = recording
+    logs = read_scalars(trainer.train_step(batch))
+    used = len(set(seen[0].flatten().tolist()))
+    assert 0 < used < cfg.model.codebook_size
+    assert logs["codes_restarted"] == cfg.model.codebook_size - used

@@ -77,3 +77,78 @@ def test_the_generators_novel_view_loss_sends_no_gradient_into_the_canonical_ren
     # the main GAN's generator loss, by contrast, is on the canonical render
     main = torch.autograd.grad(terms["gan_main"], [canonical.rgb], retain_graph=True)[0]
     assert float(main.abs().max()) > 0
+
+
+@torch.no_grad()
+def test_each_term_of_eq4_equals_its_definition_recomputed_from_primitives(step_inputs):
+    """Every term against its own formula, written here from the render's raw tensors (Eq. 1-2 by a
+    weighted lstsq per image, as in test_depth_loss; the GAN terms by softplus of the logits)."""
+    import torch.nn.functional as F
+
+    cfg, _, p = step_inputs
+    _, terms = _losses(cfg, p)
+    o, images, c, r = p["out"], p["images"], cfg.loss, cfg.render
+    canonical, novel = o["canonical"], o["novel"]
+    assert float(terms["mse"]) == pytest.approx(float(((canonical.rgb - images) ** 2).mean()), rel=1e-6)
+    assert float(terms["vq"]) == pytest.approx(float(o["quant"].loss), rel=1e-6)
+    # Eq. 1-2: camera-axis disparity in look-at units (the presets' convention), robust target
+    D = (canonical.sample_disparity / canonical.axis_cos[..., None] * r.camera_distance).double()
+    W = canonical.weights.double()
+    flat = p["disparity"].flatten(1).double()
+    n = flat.shape[1]
+    srt = flat.sort(dim=1).values
+    lo, hi = srt[:, round(0.02 * (n - 1))], srt[:, round(0.98 * (n - 1))]
+    target = (flat - lo[:, None]) / (hi - lo)[:, None]
+    losses, scales = [], []
+    for b in range(D.shape[0]):
+        A = torch.stack([D[b].flatten(), torch.ones_like(D[b].flatten())], dim=1)
+        sw = W[b].flatten().sqrt()
+        y = target[b][:, None].expand_as(D[b]).flatten()
+        s, t = torch.linalg.lstsq(A * sw[:, None], (y * sw)[:, None]).solution.flatten()
+        losses.append(float((W[b] * (s * D[b] + t - target[b][:, None]) ** 2).sum() / n))
+        scales.append(float(s))
+    assert float(terms["depth"]) == pytest.approx(sum(losses) / len(losses), rel=1e-4)
+    eq3 = sum(max(0.0, -s) + c.small_scale * max(s - c.max_scale, 0.0) for s in scales) / len(scales)
+    assert float(terms["scale"]) == pytest.approx(eq3, rel=1e-3, abs=1e-7)
+    # the look-at prior: the central pixels' mean camera-axis disparity against 1 / (lookat_depth c)
+    res = images.shape[-1]
+    side = max(1, round(res * c.lookat_fraction))
+    top = (res - side) // 2
+    central = (canonical.disparity / canonical.axis_cos.view_as(canonical.disparity))[:, 0, top:top + side, top:top + side]
+    m = central.flatten(1).mean(1)
+    assert float(terms["lookat"]) == pytest.approx(float(torch.log(m * c.lookat_depth * r.camera_distance).square().mean()),
+                                                   rel=1e-5)
+    # non-saturating generator terms: softplus(-logit), the novel one on [rgb, depth channel]
+    assert float(terms["gan_main"]) == pytest.approx(float(F.softplus(-p["d_main"](canonical.rgb)).mean()), rel=1e-5)
+    channel = (novel.disparity * r.near).clamp(0, 1) * 2 - 1
+    fake = torch.cat([novel.rgb, channel], dim=1)
+    assert float(terms["gan_novel"]) == pytest.approx(float(F.softplus(-p["d_novel"](fake)).mean()), rel=1e-5)
+
+
+def test_the_novel_view_discriminator_sees_the_detached_canonical_render_as_real_and_the_novel_as_fake(step_inputs):
+    from vq3d.losses.stage1 import discriminator_losses
+
+    cfg, _, p = step_inputs
+    o, near = p["out"], cfg.render.near
+    seen: list[torch.Tensor] = []
+
+    class Spy(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            seen.append(x)
+            return self.inner(x)
+
+    discriminator_losses(p["images"], o["canonical"], o["novel"], p["d_main"], Spy(p["d_novel"]), cfg.loss,
+                         cfg.render, apply_r1=False, novel_real=o["novel_real"])
+    real, fake = seen
+    canonical = o["novel_real"] if o["novel_real"] is not None else o["canonical"]
+
+    def with_channel(render):  # [rgb, disparity * near clamped to [0, 1], mapped to [-1, 1]]
+        return torch.cat([render.rgb, (render.disparity * near).clamp(0, 1) * 2 - 1], dim=1)
+
+    assert torch.equal(real, with_channel(canonical).detach()) and not real.requires_grad  # the stop-grad
+    assert torch.equal(fake, with_channel(o["novel"]).detach()) and real.shape == fake.shape == (2, 4, 16, 16)
+    assert not torch.equal(real, fake)

@@ -76,6 +76,7 @@ def tiny() -> Config:
                       dead_code_steps=10, plane_channels=8, plane_resolution=8, implicit_hidden=16),
         render=replace(paper_cfg.render, proposal_samples=(8,), nerf_samples=8, near=0.5, mlp_hidden=16,
                        proposal_anneal_steps=10, chunk_rays=1024),
+        loss=paper_cfg.loss,
         train=replace(paper_cfg.train, batch_size=4, lr=1e-3, disc_lr=1e-3, warmup_steps=2, steps=20, ckpt_every=10,
                       log_every=1, image_every=10, weight_decay=0.0),
         stage2=replace(paper_cfg.stage2, layers=1, width=32, heads=2, batch_size=8, lr=3e-3, warmup_steps=2,
