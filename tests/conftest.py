@@ -30,3 +30,11 @@ def tiny_dpt(tmp_path_factory):
     DPTForDepthEstimation(config).save_pretrained(folder)
     DPTImageProcessorPil(size={"height": 32, "width": 32}).save_pretrained(folder)
     return str(folder)
+
+
+# Triton's kernels run in its interpreter where there is no GPU (it must be set before Triton is
+# imported; vq3d imports the kernels only when a render asks for them): tests/test_render_triton.py
+if not __import__("torch").cuda.is_available():
+    import os
+
+    os.environ.setdefault("TRITON_INTERPRET", "1")

@@ -77,6 +77,10 @@ class RenderConfig:
     # How the triplanes' gradient is summed: "index_add" (atomic adds: fast on GPU), "segment"
     # (sort by texel, one add per texel: fast on CPU), "auto" (by device).
     scatter: Literal["auto", "segment", "index_add"] = "auto"
+    # Which implementation renders each sampling level: "torch" (the reference), "triton" (one
+    # fused kernel per level forward and one backward that recomputes: vq3d/render/fused.py), or
+    # "auto" (triton on CUDA when Triton imports, torch elsewhere).
+    kernel: Literal["auto", "torch", "triton"] = "auto"
     # Rays rendered per image in training steps that need no whole image (no GAN, no perceptual
     # loss yet): a random subset of the canonical pixels, so the encoder and decoder see more
     # images for the same rendering cost. 0 = every pixel.

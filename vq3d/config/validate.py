@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from vq3d.config.schema import Config, ConfigError
+from vq3d.config.schema import Config, ConfigError, RenderConfig
 
 
 def validate(cfg: Config) -> Config:
@@ -22,4 +22,17 @@ def validate(cfg: Config) -> Config:
     if L.lookat and not (L.lookat_depth > 0 and 0 < L.lookat_fraction <= 1):
         raise ConfigError(f"loss.lookat_depth {L.lookat_depth} must be > 0 and loss.lookat_fraction "
                           f"{L.lookat_fraction} in (0, 1]")
+    if cfg.render.kernel == "triton":
+        reason = fused_unsupported(cfg.render, implicit=cfg.model.representation == "implicit")
+        if reason:
+            raise ConfigError(f"render.kernel=triton: {reason}")
     return cfg
+
+
+def fused_unsupported(render: RenderConfig, implicit: bool = False) -> str | None:
+    """Why the fused renderer kernels (render.kernel=triton) cannot render a config, or None."""
+    if implicit:
+        return "the fused kernels read triplanes; the implicit-field ablation renders with render.kernel=torch"
+    if render.mlp_layers != 2:
+        return f"the fused kernels run 2-layer field MLPs (the paper's); render.mlp_layers is {render.mlp_layers}"
+    return None

@@ -62,6 +62,7 @@ from vq3d.render.compositing import alpha_weights, background_rgb, composite, in
 from vq3d.render.contraction import contract
 from vq3d.render.execution import ExecutionPolicy, execution_policy, lookup_bytes_per_point, render_bytes_per_ray
 from vq3d.render.fields import FieldMLP
+from vq3d.render.fused import fused_level, resolve_kernel
 from vq3d.render.samplers import (
     anneal_power,
     check_near_far,
@@ -317,6 +318,7 @@ class Renderer(nn.Module):
         # less than the planes' channel-last copy; otherwise keep the table and recompute them
         feature_bytes = batch * n * sum(counts) * self.feature_dim * source.feature_size
         keep_table = feature_bytes > max(source.copy_bytes, cfg.feature_cache_mb * 2**20)
+        fused = resolve_kernel(cfg, origins.device, implicit=source.table is None) == "triton"
         edges = weights = None
         proposal_weights, proposal_edges = [], []
         for level, num in enumerate(counts):
@@ -330,25 +332,33 @@ class Renderer(nn.Module):
                     edges = propose_edges(edges, weights.detach(), us[level], dilation, anneal, policy)
                 s_mid = 0.5 * (edges[..., 1:] + edges[..., :-1])
                 disp_mid = s_to_disparity(s_mid, cfg.near, cfg.far)  # (B, n, S)
-                t_mid = 1.0 / disp_mid
-                deltas = interval_lengths(1.0 / s_to_disparity(edges, cfg.near, cfg.far))
-                points = origins.unsqueeze(2) + dirs.unsqueeze(2) * t_mid.unsqueeze(-1)  # (B, n, S, 3)
-                coords = self.plane_coords(points).reshape(batch, n * num, 3)
             mlp = self.nerf_mlp if is_nerf else self.proposal_mlp
-            density, rgb = source.field(mlp, coords, is_nerf or cfg.proposal_feature_grad, keep_table, policy)
-            weights = alpha_weights(density.view(batch, n, num), deltas, opaque_last)
+            grad = is_nerf or cfg.proposal_feature_grad
+            if fused:  # lookup, MLP and compositing in one kernel (vq3d.render.fused)
+                table = source.table if grad else source.table.detach()
+                weights, rgb01, depth, disparity, opacity = fused_level(table, origins, dirs, edges, mlp, cfg,
+                                                                        source.reduce, opaque_last)
+            else:
+                with torch.no_grad():
+                    t_mid = 1.0 / disp_mid
+                    deltas = interval_lengths(1.0 / s_to_disparity(edges, cfg.near, cfg.far))
+                    points = origins.unsqueeze(2) + dirs.unsqueeze(2) * t_mid.unsqueeze(-1)  # (B, n, S, 3)
+                    coords = self.plane_coords(points).reshape(batch, n * num, 3)
+                density, rgb = source.field(mlp, coords, grad, keep_table, policy)
+                weights = alpha_weights(density.view(batch, n, num), deltas, opaque_last)
             if not is_nerf:
                 proposal_weights.append(weights)
                 proposal_edges.append(edges)
 
-        opacity = weights.sum(-1)
-        rgb01 = composite(weights, rgb.view(batch, n, num, 3))
+        if not fused:
+            opacity = weights.sum(-1)
+            rgb01 = composite(weights, rgb.view(batch, n, num, 3))
+            inv_far = 0.0 if math.isinf(cfg.far) else 1.0 / cfg.far
+            disparity = (weights * disp_mid).sum(-1) + (1.0 - opacity) * inv_far
+            depth = (weights * t_mid).sum(-1) / opacity.clamp_min(1e-6)
         bg = background_rgb(cfg.background, rgb01.dtype, rgb01.device)
         if bg is not None:
             rgb01 = rgb01 + (1.0 - opacity).unsqueeze(-1) * bg
-        inv_far = 0.0 if math.isinf(cfg.far) else 1.0 / cfg.far
-        disparity = (weights * disp_mid).sum(-1) + (1.0 - opacity) * inv_far
-        depth = (weights * t_mid).sum(-1) / opacity.clamp_min(1e-6)
         return RenderOutput(
             rgb=rgb01 * 2.0 - 1.0, depth=depth, disparity=disparity, opacity=opacity, weights=weights,
             sample_disparity=disp_mid, spacing_edges=edges,
