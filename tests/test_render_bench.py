@@ -15,6 +15,10 @@ def test_render_benchmark_smoke(capsys):
     for impl in ("ours", "reference"):
         assert tiny[impl]["fwd_bwd_rays_per_s"] > 0 and tiny[impl]["peak_memory_bytes"] > 0
     assert tiny["speedup"] > 0 and tiny["memory_ratio"] > 0
+    kept = report["saved_for_backward"]  # at the paper's sample counts
+    assert kept["torch"]["samples"] == [64, 64, 32] and kept["torch"]["extra_bytes_per_ray"] > 1000
+    if isinstance(kept["triton"], dict):  # Triton installed: its interpreter runs the kernels here
+        assert kept["triton"]["extra_bytes_per_ray"] * 20 <= kept["torch"]["extra_bytes_per_ray"]
 
 
 def test_peak_memory_counts_transient_allocations():

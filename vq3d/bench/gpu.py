@@ -22,9 +22,10 @@ The report (one JSON object):
   fp32: geometry dtypes, depth relative error and rgb error (median, p99, max over rays);
   `within_bounds`: geometry fp32 and p99 errors under 1% / 0.01 (a few rays whose resampled
   edges move may exceed them; the maximum is reported, not judged).
-- `render`: a training render (forward + backward, regularizers) and an inference render at the
-  preset's size: rays per second, peak allocated / reserved GiB, the chunk budget, operator
-  calls and, on CUDA, kernel launches.
+- `render`: `by_kernel` {torch, triton (CUDA with Triton)}: a training render (forward + backward,
+  regularizers) and an inference render at the preset's size: rays per second, peak allocated /
+  reserved GiB, on CUDA the peak beyond the planes, their gradient and the outputs (MB) and kernel
+  launches, the chunk budget and operator calls; `triton_speedup_train`.
 - `stage2_sampling`: tokens per second of KV-cached sampling (the preset's GPT on CUDA).
 - `step`: the training step (bf16 on CUDA, GAN and novel views on, R1 off) at batch 1 and 2 on
   one trainer (`vq3d.bench.gpu_step`): rows of `step_s`, `images_per_s`, `peak_allocated_gib`,
@@ -173,41 +174,72 @@ def _timed(fn: Callable[[], Any], ctx: Context) -> float:
 
 
 def check_render(ctx: Context) -> dict:
+    """Training and inference renders at the preset's size, with each kernel that runs here."""
+    from vq3d.render.fused import triton_available
+
+    kernels = ["torch"] + (["triton"] if ctx.cuda and triton_available() else [])
+    rows = {kernel: _render_row(ctx, kernel) for kernel in kernels}
+    result: dict[str, Any] = {"by_kernel": rows}
+    if "triton" in rows:
+        result["triton_speedup_train"] = round(rows["triton"]["train_rays_per_s"] / rows["torch"]["train_rays_per_s"], 2)
+    else:
+        result["triton"] = "not run: needs CUDA and Triton" if not ctx.cuda else "not run: Triton does not import"
+    return result
+
+
+def _render_row(ctx: Context, kernel: str) -> dict:
+    from dataclasses import replace
+
     from vq3d.bench.opcount import count_operator_calls
     from vq3d.losses.stage1 import nerf_regularizers
 
     renderer, cfg, planes, cams = _render_setup(ctx)
+    renderer.cfg = replace(renderer.cfg, kernel=kernel)
     res = cfg.data.resolution
-    planes.requires_grad_(True)
+    planes = (planes.bfloat16() if ctx.cuda else planes).requires_grad_(True)
     gen = torch.Generator(device=ctx.device).manual_seed(0)
     autocast = torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=ctx.cuda)
+    kept: list[Any] = []
 
     def train_render() -> None:
         with autocast:
-            out = renderer.render_cameras(planes.bfloat16() if ctx.cuda else planes, cams, res, res, train=True,
-                                          step=10**6, generator=gen)
+            out = renderer.render_cameras(planes, cams, res, res, train=True, step=10**6, generator=gen)
             distortion, interlevel = nerf_regularizers(out)
-            loss = out.rgb.square().mean() + out.depth.mean() + distortion + interlevel
+            loss = out.rgb.float().square().mean() + out.depth.mean() + distortion + interlevel
         loss.backward()
+        kept[:] = [out]
 
     def inference_render() -> None:
         with torch.no_grad(), autocast:
             renderer.render_cameras(planes, cams, res, res)
 
-    free_memory(ctx.device)
     train_s = _timed(train_render, ctx)
-    train_peaks = memory_peaks(ctx.device)
+    kept.clear()
+    planes.grad = None
+    free_memory(ctx.device)
+    before = torch.cuda.memory_allocated(ctx.device) if ctx.cuda else 0
+    train_render()
+    peaks = memory_peaks(ctx.device)
+    out = kept[0]
+    out_bytes = sum(t.numel() * t.element_size() for t in (out.rgb, out.depth, out.disparity, out.opacity,
+                                                            out.weights, out.sample_disparity, out.spacing_edges,
+                                                            *out.proposal_weights, *out.proposal_spacing_edges))
+    kept.clear()
     infer_s = _timed(inference_render, ctx)
     _, calls = count_operator_calls(train_render)
-    policy = renderer.execution_policy(ctx.device)
-    result = {"rays": res * res, "samples": renderer.samples_per_level, "plane_resolution": cfg.model.plane_resolution,
-              "train_rays_per_s": round(res * res / train_s), "inference_rays_per_s": round(res * res / infer_s),
-              "train_peak_allocated_gib": train_peaks["peak_allocated_gib"],
-              "train_peak_reserved_gib": train_peaks["peak_reserved_gib"],
-              "chunk_mb": round(policy.chunk_bytes / 2**20, 1), "train_operator_calls": sum(calls.values())}
+    kept.clear()
+    row = {"rays": res * res, "samples": renderer.samples_per_level, "plane_resolution": cfg.model.plane_resolution,
+           "train_rays_per_s": round(res * res / train_s), "inference_rays_per_s": round(res * res / infer_s),
+           "train_peak_allocated_gib": peaks["peak_allocated_gib"], "train_peak_reserved_gib": peaks["peak_reserved_gib"],
+           "chunk_mb": round(renderer.execution_policy(ctx.device).chunk_bytes / 2**20, 1),
+           "train_operator_calls": sum(calls.values())}
     if ctx.cuda:
-        result["train_cuda_kernels"] = _cuda_kernels(train_render, ctx.device)
-    return result
+        planes_bytes = planes.numel() * planes.element_size()
+        beyond = torch.cuda.max_memory_allocated(ctx.device) - before - out_bytes - planes_bytes  # the planes' grad
+        row["train_peak_beyond_planes_and_outputs_mb"] = round(beyond / 2**20, 1)
+        row["train_cuda_kernels"] = _cuda_kernels(train_render, ctx.device)
+        kept.clear()
+    return row
 
 
 def _cuda_kernels(fn: Callable[[], None], device: torch.device) -> int | str:
@@ -265,7 +297,8 @@ def _summary(name: str, result: dict) -> str:
     if name == "render_bf16_agreement":
         return f"p99 depth error {result['depth_rel_error']['p99']:.2e}, within bounds: {result['within_bounds']}"
     if name == "render":
-        return f"{result['train_rays_per_s']:,} training rays/s"
+        rows = result["by_kernel"]
+        return ", ".join(f"{k}: {r['train_rays_per_s']:,} training rays/s" for k, r in rows.items())
     if name == "stage2_sampling":
         return f"{result['cached_tokens_per_s']:,.0f} tokens/s"
     if name == "step":

@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import gc
 import tempfile
+from contextlib import contextmanager
 import time
 import warnings
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterator
 
 import torch
 
@@ -83,6 +84,17 @@ class StepRig:
         self.trainer.step = self.start_step  # the GAN's steps: the ones a long run is made of
         self._data: dict[int, dict] = {}
         self.compiled = False
+
+    @contextmanager
+    def kernel(self, kernel: str) -> Iterator[None]:
+        """Render with `kernel` ("torch" or "triton") inside the block."""
+        renderer = self.trainer.model.renderer
+        saved = renderer.cfg
+        renderer.cfg = replace(saved, kernel=kernel)
+        try:
+            yield
+        finally:
+            renderer.cfg = saved
 
     def close(self) -> None:
         self.trainer = None
@@ -216,13 +228,22 @@ def batch_guess(ctx: "Context", per_image: dict) -> int:
 
 
 def check_step(ctx: "Context") -> dict:
-    """Batch 1 and 2 on the rig (the rig stays for the probe and the compiled step)."""
+    """Batch 1 and 2 on the rig (the rig stays for the probe and the compiled step); on CUDA with
+    the fused renderer, batch 1 and 2 with the torch renderer too."""
+    from vq3d.render.fused import resolve_kernel
+
     rig = ctx.rig()
+    kernel = resolve_kernel(rig.cfg.render, ctx.device)
     rows = [rig.row(b, warm=2, timed=ctx.repeats) for b in (1, 2)]
     rig.details(rows[0])
-    return {"batch_1": rows[0], "batch_2": rows[1], **memory_per_image(*rows),
-            "precision": rig.cfg.train.precision, "flops_per_image": ctx.flops_per_image(),
-            "step_index": rig.start_step, "r1": "off (1 step in 16: vq3d bench paper-step measures it)"}
+    result = {"batch_1": rows[0], "batch_2": rows[1], **memory_per_image(*rows), "render_kernel": kernel,
+              "precision": rig.cfg.train.precision, "flops_per_image": ctx.flops_per_image(),
+              "step_index": rig.start_step, "r1": "off (1 step in 16: vq3d bench paper-step measures it)"}
+    if kernel == "triton":  # the same step with the reference renderer, beside it
+        with rig.kernel("torch"):
+            torch_rows = [rig.row(b, warm=1, timed=ctx.repeats) for b in (1, 2)]
+        result["torch_kernel"] = {"batch_1": torch_rows[0], "batch_2": torch_rows[1], **memory_per_image(*torch_rows)}
+    return result
 
 
 def check_largest_batch(ctx: "Context") -> dict:

@@ -13,6 +13,10 @@ forward + backward (`train=True`; loss = MSE of the image + distortion + interle
 with respect to the planes and all MLP weights via `torch.autograd.grad`), best of `--repeats`
 rounds in which the two implementations alternate (so that load from other processes on a
 shared machine hits both alike).
+Kept for the backward (`saved_for_backward`): at the paper preset's sample counts, the bytes of
+the tensors autograd saves in a training render beyond the render's outputs, its inputs and the
+planes' channel-last table, per ray: the torch path against the Triton kernels
+(`render.kernel=triton`; under TRITON_INTERPRET=1 on a CPU).
 Peak memory: the largest net number of bytes allocated during one training forward + backward,
 above what was allocated before it, read from the PyTorch profiler's allocation events
 (`profile_memory=True`, the allocator's running total): real allocations including transient
@@ -207,6 +211,72 @@ def peak_memory_bytes(fn: Callable[[], None]) -> int:
     return peak
 
 
+def saved_for_backward(render: Callable[[], RenderOutput], inputs: list[Tensor]) -> dict:
+    """Bytes autograd keeps for the backward of one training render (`saved_tensors_hooks`):
+    unique storages of the saved tensors, split into those the render's outputs hold anyway,
+    the inputs' (planes, MLP weights) and the planes' channel-last table (one per view), and the
+    rest, which the render adds for its backward ("extra")."""
+    saved: dict[int, tuple[int, tuple]] = {}
+
+    def pack(t: Tensor) -> Tensor:
+        storage = t.untyped_storage()
+        saved.setdefault(storage.data_ptr(), (storage.nbytes(), tuple(t.shape)))
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = render()
+    fields = [out.rgb, out.depth, out.disparity, out.opacity, out.weights, out.sample_disparity, out.spacing_edges,
+              *out.proposal_weights, *out.proposal_spacing_edges]
+    held = {t.untyped_storage().data_ptr() for t in fields if t is not None}
+    given = {t.untyped_storage().data_ptr() for t in inputs}
+    parts = {"outputs": 0, "inputs": 0, "table": 0, "extra": 0}
+    table_bytes = max((n for n, _ in saved.values()), default=0)  # the table: the largest saved storage
+    for ptr, (nbytes, shape) in saved.items():
+        key = ("outputs" if ptr in held else "inputs" if ptr in given else
+               "table" if len(shape) == 5 and nbytes == table_bytes else "extra")
+        parts[key] += nbytes
+    return parts
+
+
+def _saved_bytes(kernel: str, rays_per_view: int = 64) -> dict:
+    """Bytes kept for the backward per ray of a training render at the paper preset's samples
+    (64 + 64 proposal, 32 NeRF; 32 channels, MLPs of 32), torch path or Triton kernels."""
+    from dataclasses import replace
+
+    # the torch path saves every sample's features while they fit in render.feature_cache_mb
+    # (256 MB), else the table and the coordinates: scaled to these few rays, the budget makes
+    # the choice a whole 256x256 view makes (the table)
+    cache_mb = paper().render.feature_cache_mb * rays_per_view / (256 * 256)
+    cfg = replace(paper().render, kernel=kernel, proposal_feature_grad=False, feature_cache_mb=cache_mb)
+    spec = dict(batch=2, channels=32, resolution=16, height=8, width=rays_per_view // 8)  # a small table: as at
+    # paper size, it costs less than the samples' features
+    planes, origins, dirs, renderer = _inputs(cfg, spec)
+    leaf = planes.requires_grad_(True)
+
+    def render() -> RenderOutput:
+        return renderer(leaf, origins, dirs, train=True, step=10**6, generator=torch.Generator().manual_seed(1))
+
+    parts = saved_for_backward(render, [leaf, *renderer.parameters()])
+    rays = origins.shape[0] * origins.shape[1]
+    return {"kernel": kernel, "rays": rays, "samples": list(cfg.proposal_samples) + [cfg.nerf_samples],
+            "extra_bytes_per_ray": parts["extra"] / rays, "output_bytes_per_ray": parts["outputs"] / rays,
+            "table_bytes_per_view": parts["table"] / spec["batch"]}
+
+
+def saved_bytes_report() -> dict:
+    """The torch path's and the Triton kernels' bytes kept for the backward, side by side."""
+    from vq3d.render.fused import triton_available
+
+    report = {"torch": _saved_bytes("torch")}
+    if triton_available():
+        report["triton"] = _saved_bytes("triton")
+        report["torch_over_triton"] = (report["torch"]["extra_bytes_per_ray"]
+                                       / max(report["triton"]["extra_bytes_per_ray"], 1e-9))
+    else:
+        report["triton"] = "not measured: Triton does not run here (no GPU; TRITON_INTERPRET=1 runs its interpreter)"
+    return report
+
+
 def _measure(name: str, repeats: int) -> dict:
     cfg, spec = _setting(name)
     planes, origins, dirs, renderer = _inputs(cfg, spec)
@@ -279,10 +349,15 @@ def main(argv: list[str] | None = None) -> int:
     }
     for s in names:
         report["settings"][s] = _measure(s, args.repeats)
+    report["saved_for_backward"] = saved_bytes_report()
     if args.json:
         print(json.dumps(report, indent=2))
     else:
         for s, r in report["settings"].items():
             print(f"{s}: speedup {r['speedup']:.2f}x (fwd {r['speedup_fwd']:.2f}x), memory ratio "
                   f"{r['memory_ratio']:.2f}, max |rgb diff| {r['max_abs_diff_rgb']:.2e}")
+        kept = report["saved_for_backward"]
+        print(f"kept for the backward beyond outputs, bytes per ray (paper samples): torch "
+              f"{kept['torch']['extra_bytes_per_ray']:.0f}, triton "
+              f"{kept['triton']['extra_bytes_per_ray'] if isinstance(kept['triton'], dict) else kept['triton']}")
     return 0
