@@ -32,7 +32,8 @@ The report (one JSON object):
   `peak_reserved_gib`, `mfu`; `per_image_gib` and `fixed_gib` from the two; batch 1 also has
   `regions_s` (encoder, quantizer, decoder, renderer, losses, discriminators, optimizer, other;
   `vq3d.bench.regions`), `host_syncs_per_step`, `chunk` and `projected` (the fake-tensor peak
-  and the step time at 40% MFU).
+  and the step time at 40% MFU); `render_kernel`, and with the fused renderer on CUDA
+  `torch_kernel`: batch 1 and 2 rendered by the torch path, beside them.
 - `largest_batch`: `rows` (every batch probed: fits or not, time and memory), `largest_batch`,
   `guess`, and `largest`: its row with the same details as batch 1.
 - `step_compiled`: the step at the largest batch with the ViT encoder and decoder compiled
