@@ -1,7 +1,9 @@
 """Every test starts from the same random state, so a result never depends on the order or the
-worker that pytest-xdist gives it (random inputs drawn without a seed once made a test flaky)."""
+worker that pytest-xdist gives it (random inputs drawn without a seed once made a test flaky).
+Shared fixtures: a tiny random DPT, and a headless chromium for the pages' browser tests."""
 
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -38,3 +40,24 @@ if not __import__("torch").cuda.is_available():
     import os
 
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+CHROMIUM = "/usr/bin/chromium"  # Debian's; `playwright install` would download a browser
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """A headless chromium through Playwright; the test skips, saying why, when either is absent."""
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"browser tests need Debian's chromium at {CHROMIUM} (apt-get install -y chromium)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.skip("browser tests need the playwright package (pip install playwright; "
+                    "never run `playwright install`: the tests use /usr/bin/chromium)")
+    with sync_playwright() as pw:
+        # --disable-dev-shm-usage: containers often have a tiny /dev/shm, where tabs crash or stall
+        chromium = pw.chromium.launch(executable_path=CHROMIUM, headless=True, timeout=60_000,
+                                      args=["--no-sandbox", "--disable-dev-shm-usage"])
+        yield chromium
+        chromium.close()

@@ -131,6 +131,26 @@ def test_metrics_table_shows_model_and_copy_baseline_side_by_side(demo):
     assert float(row.group(2)) == pytest.approx(metrics["copy_baseline_psnr"], rel=1e-3)
 
 
+def test_every_number_the_demo_evaluated_has_a_human_name_on_the_page(demo):
+    from vq3d.report.metric_names import describe
+
+    out, _ = demo
+    page = (out / "index.html").read_text()
+    files = (out / "eval" / "stage1.json", out / "eval" / "generation.json")
+    evaluated = [json.loads(p.read_text()) for p in files if p.is_file()]
+    assert evaluated
+    for metrics in evaluated:
+        numbers = [k for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        for key in numbers + list(metrics.get("skipped", {})):
+            assert describe(key).known, key
+            assert f"<td><code>{key}</code></td>" not in page  # how an unknown key would show
+    metrics = evaluated[0]
+    row = re.search(r"<tr><td>Novel-view PSNR \(dB\)</td>(.*?)</tr>", page).group(1)
+    cells = re.findall(r"<td>([^<]*)</td>", row)
+    assert float(cells[2]) == pytest.approx(metrics["warp_baseline_psnr"], rel=1e-3)  # model, copy, warp
+    assert "<section id=\"not-measured\">" in page
+
+
 def test_reconstruction_panel_scores_match_the_images_on_disk(demo):
     out, _ = demo
     record = json.loads((out / "reconstructions" / "heldout.json").read_text())["scenes"][0]

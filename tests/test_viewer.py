@@ -32,7 +32,6 @@ from vq3d.viewer.sessions import SessionStore, UnknownSession
 
 torch.set_num_threads(1)
 
-CHROMIUM = "/usr/bin/chromium"
 SIZE, REFINE = 16, 32  # interactive and refine frame sizes of the test server
 MAX_UPLOAD = 200_000
 CLASSES = ["sphere", "box", "torus"]
@@ -342,23 +341,6 @@ def test_bench_viewer_prints_one_json_object(capsys):
 
 
 # ----------------------------------------------------------------------------- the page in a browser
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"browser tests need Debian's chromium at {CHROMIUM} (apt-get install -y chromium)")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        pytest.skip("browser tests need the playwright package (pip install playwright; "
-                    "never run `playwright install`: the tests use /usr/bin/chromium)")
-    with sync_playwright() as pw:
-        # --disable-dev-shm-usage: containers often have a tiny /dev/shm, where tabs crash or stall
-        chromium = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-dev-shm-usage"],
-                                      headless=True, timeout=60_000)
-        yield chromium
-        chromium.close()
 
 
 _PIXELS_JS = """() => {

@@ -24,6 +24,7 @@ table.metrics td{font-variant-numeric:tabular-nums}
 figure{margin:0} figcaption{font-size:12px;color:#555;max-width:260px}
 img.px{image-rendering:pixelated;image-rendering:crisp-edges;background:#eee}
 .missing{color:#a33;font-style:italic} .good{color:#176f2c;font-weight:600} .bad{color:#a33;font-weight:600}
+h3{margin:18px 0 4px;font-size:16px}
 .note{background:#fff8e1;border-left:4px solid #f0b400;padding:8px 12px}
 svg.chart{font-size:11px;background:#fff} svg.chart .title{font-size:13px;font-weight:600}
 """
@@ -32,6 +33,7 @@ svg.chart{font-size:11px;background:#fff} svg.chart .title{font-size:13px;font-w
 SECTIONS = [
     ("metrics", "Metrics on held-out scenes", sections.metrics_section),
     ("generation-metrics", "Generation metrics", sections.generation_section),
+    ("not-measured", "Not measured", sections.not_measured_section),
     ("radius", "Metrics vs sampling radius", sections.radius_section),
     ("reconstructions", "Reconstructions of held-out scenes", sections.reconstructions_section),
     ("generated", "Generated scenes (class-conditional)", sections.generated_section),

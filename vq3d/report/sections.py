@@ -15,22 +15,10 @@ from typing import Any
 
 from vq3d.report.charts import Series, line_chart, running_mean
 from vq3d.report.embed import figure, img
+from vq3d.report.metric_names import GROUP_TITLES, STAGE1_ORDER, MetricInfo, describe
 
 TILE = 128  # display height (px) of one rendered tile
 
-# (label, model key, baseline key, what is better); the baseline is "copy the input"
-STAGE1_ROWS = [
-    ("Novel-view PSNR (dB)", "novel_view_psnr", "copy_baseline_psnr", "higher"),
-    ("Novel-view SSIM", "novel_view_ssim", "copy_baseline_ssim", "higher"),
-    ("Novel-view LPIPS", "novel_view_lpips", "copy_baseline_lpips", "lower"),
-    ("Reconstruction PSNR, canonical view (dB)", "psnr", None, "higher"),
-    ("Reconstruction SSIM, canonical view", "ssim", None, "higher"),
-    ("Reconstruction LPIPS, canonical view", "lpips", None, "lower"),
-    ("Depth accuracy, canonical view (paper's metric)", "depth_accuracy", None, "lower"),
-    ("Depth accuracy, novel views", "novel_depth_accuracy", None, "lower"),
-    ("Disparity scale s* (Eq. 1)", "disparity_scale", None, "near 1"),
-    ("Codebook usage (fraction of codes)", "codebook_usage", None, "higher"),
-]
 esc = html.escape
 
 
@@ -49,11 +37,55 @@ def missing(text: str, marker: str) -> str:
     return f'<!-- {marker} --><p class="missing">{esc(text)}</p>'
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _number(metrics: dict[str, Any], key: str | None) -> float | None:
+    """metrics[key] as a float, None when the key is unset, absent or not a number."""
+    value = metrics.get(key) if key else None
+    return float(value) if _is_number(value) else None
+
+
+def _cell(value: float | None) -> str:
+    return fmt(value) if value is not None else "&mdash;"
+
+
+def _name(info: MetricInfo) -> str:
+    # an unknown key shows as itself, so a reader can still grep for it
+    return esc(info.name) if info.known else f"<code>{esc(info.key)}</code>"
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> str:
+    """A metrics table; headers are plain text, cells HTML already escaped."""
+    head = "".join(f"<th>{esc(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
+    return f'<table class="metrics"><tr>{head}</tr>{body}</table>'
+
+
 def _verdict(model: float, baseline: float, better: str) -> str:
     if not (math.isfinite(model) and math.isfinite(baseline)):
         return ""
-    wins = model > baseline if better == "higher" else model < baseline
+    if better == "near 1":
+        wins = abs(model - 1) < abs(baseline - 1)
+    else:
+        wins = model > baseline if better == "higher" else model < baseline
     return '<span class="good">model better</span>' if wins else '<span class="bad">baseline better</span>'
+
+
+def warp_gain_share(model: float, copy: float, warp: float) -> float | None:
+    """(model - copy) / (warp - copy): the share of the gain that exact geometry brings over copying
+    the input which the model reached (0 = no better than copying, 1 = as good as the true-depth
+    warp). None when the baselines tie (there is no gain to share) or a value is not finite."""
+    if not all(math.isfinite(v) for v in (model, copy, warp)):
+        return None
+    if math.isclose(warp, copy, rel_tol=1e-9, abs_tol=1e-12):
+        return None
+    return (model - copy) / (warp - copy)
+
+
+def _percent(share: float | None) -> str:
+    return "&mdash;" if share is None else f"{100 * share:.1f}%"
 
 
 def stage2_summary(root: Path) -> tuple[float | None, float | None]:
@@ -65,40 +97,55 @@ def stage2_summary(root: Path) -> tuple[float | None, float | None]:
     return (val[-1] if val else None), meta.get("unigram_entropy_bits")
 
 
+def _stage1_row(info: MetricInfo, metrics: dict[str, Any]) -> list[str]:
+    """One Stage-1 metric beside its copy and warp baselines (a dash where it has none)."""
+    model = float(metrics[info.key])
+    copy, warp = _number(metrics, info.copy_key), _number(metrics, info.warp_key)
+    share = warp_gain_share(model, copy, warp) if copy is not None and warp is not None else None
+    verdict = _verdict(model, copy, info.better) if copy is not None and info.better else ""
+    return [_name(info), fmt(model), _cell(copy), _cell(warp), _percent(share), esc(info.better or ""),
+            verdict, esc(info.meaning)]
+
+
+def _stage1_infos(metrics: dict[str, Any]) -> list[MetricInfo]:
+    """The rows of the Stage-1 table: known metrics in their order, then any other number as it comes;
+    a baseline shown beside its metric gets no row of its own."""
+    keys = [k for k in STAGE1_ORDER if k in metrics]
+    keys += [k for k, v in metrics.items() if k not in keys and _is_number(v)]
+    infos = [describe(k) for k in keys if _is_number(metrics[k])]
+    beside = {k for info in infos for k in (info.copy_key, info.warp_key) if k in metrics}
+    return [info for info in infos if info.key not in beside and info.group != "run"]
+
+
+def _stage2_table(root: Path) -> str:
+    """Stage 2's validation bits per token beside the unigram entropy (a model without context)."""
+    bits, unigram = stage2_summary(root)
+    if bits is None:
+        return ""
+    info, base = describe("val_bits_per_token"), describe("unigram_entropy_bits")
+    verdict = _verdict(bits, unigram, "lower") if unigram is not None else ""
+    row = [_name(info), fmt(bits), _cell(unigram), esc(info.better or ""), verdict, esc(info.meaning)]
+    return (f"<h3>{esc(GROUP_TITLES['stage2'])}</h3>"
+            + _table(["metric", "model", f"baseline: {base.name.lower()}", "better", "", "what it measures"],
+                     [row]))
+
+
 def metrics_section(root: Path) -> str:
-    """Held-out Stage-1 metrics beside the copy-the-input baseline, and Stage 2 beside unigram."""
+    """Held-out Stage-1 metrics beside the copy-the-input and true-geometry warp baselines, and
+    Stage 2 beside unigram."""
     metrics = read_json(root / "eval" / "stage1.json")
     if metrics is None:
         return missing("Stage 1 has not been evaluated yet.", "eval/stage1.json")
-    rows = []
-    shown = {"scenes", "skipped"}
-    for label, key, base_key, better in STAGE1_ROWS:
-        if key not in metrics:
-            continue
-        shown.update({key, base_key})
-        base = metrics.get(base_key) if base_key else None
-        verdict = _verdict(float(metrics[key]), float(base), better) if base is not None else ""
-        rows.append(f"<tr><td>{esc(label)}</td><td>{fmt(metrics[key])}</td>"
-                    f"<td>{fmt(base) if base is not None else '&mdash;'}</td>"
-                    f"<td>{'copy the input' if base is not None else ''}</td><td>{esc(better)}</td>"
-                    f"<td>{verdict}</td></tr>")
-    for key, value in metrics.items():
-        if key not in shown and isinstance(value, (int, float)):
-            rows.append(f"<tr><td>{esc(key)}</td><td>{fmt(value)}</td><td>&mdash;</td><td></td><td></td><td></td></tr>")
-    bits, unigram = stage2_summary(root)
-    if bits is not None:
-        verdict = _verdict(bits, unigram, "lower") if unigram is not None else ""
-        rows.append(f"<tr><td>Stage 2: validation bits per token</td><td>{fmt(bits)}</td>"
-                    f"<td>{fmt(unigram) if unigram is not None else '&mdash;'}</td>"
-                    f"<td>unigram entropy (ignores context)</td><td>lower</td><td>{verdict}</td></tr>")
-    skipped = metrics.get("skipped") or {}
-    notes = "".join(f"<li><code>{esc(k)}</code>: {esc(str(v))}</li>" for k, v in skipped.items())
+    rows = [_stage1_row(info, metrics) for info in _stage1_infos(metrics)]
+    headers = ["metric", "model", "copy the input", "true-geometry warp", "share of the warp's gain reached",
+               "better", "model vs copy", "what it measures"]
     return (f'<p>{fmt(metrics.get("scenes", "?"))} held-out synthetic scenes (never seen in training), each '
-            "with ground-truth depth and novel views. The copy-the-input baseline scores the input image "
-            "itself against every novel view: what a model without any 3D would get.</p>"
-            '<table class="metrics"><tr><th>metric</th><th>model</th><th>baseline</th><th>baseline is</th>'
-            f'<th>better</th><th></th></tr>{"".join(rows)}</table>'
-            + (f"<p>Not measured:</p><ul>{notes}</ul>" if notes else ""))
+            "with ground-truth depth and novel views. Two baselines need no model: copying the input "
+            "image scores it against every novel view (what a model without 3D gets); the true-geometry "
+            "warp moves the input's pixels to each novel view by the true depth (exact geometry, nothing "
+            "invented where the input does not see). The share of the warp's gain reached is "
+            "(model &minus; copy) / (warp &minus; copy): 0% is no better than copying, 100% as good as "
+            "the exact warp.</p>" + _table(headers, rows) + _stage2_table(root))
 
 
 def _not_run(root: Path, phase: str, module: str) -> str:
@@ -109,17 +156,81 @@ def _not_run(root: Path, phase: str, module: str) -> str:
     return f"Not run ({module} was not available to this demo, or the phase has not run yet)."
 
 
+def _with_spread(metrics: dict[str, Any], key: str) -> str:
+    """The value, with its `_std` beside it when the evaluator wrote one (IS, KID)."""
+    spread = _number(metrics, f"{key}_std")
+    return fmt(metrics[key]) + (f" &plusmn; {fmt(spread)}" if spread is not None else "")
+
+
+def _group_table(infos: list[MetricInfo], metrics: dict[str, Any], value_header: str) -> str:
+    """One stage's generation metrics; a reference column where any of them has a reference value."""
+    references = [_number(metrics, info.reference_key) for info in infos]
+    with_reference = any(r is not None for r in references)
+    headers = ["metric", value_header] + (["Stage 1 reconstructions (reference)"] if with_reference else [])
+    rows = []
+    for info, reference in zip(infos, references):
+        row = [_name(info), _with_spread(metrics, info.key)] + ([_cell(reference)] if with_reference else [])
+        rows.append(row + [esc(info.better or ""), esc(info.meaning)])
+    return _table(headers + ["better", "what it measures"], rows)
+
+
+def _generation_groups(metrics: dict[str, Any]) -> dict[str, list[MetricInfo]]:
+    """The numbers of generation.json by group; a `_std` goes beside its metric, not on a row."""
+    groups: dict[str, list[MetricInfo]] = {}
+    for key, value in metrics.items():
+        beside_its_metric = key.endswith("_std") and _number(metrics, key.removesuffix("_std")) is not None
+        if not _is_number(value) or beside_its_metric:
+            continue
+        info = describe(key)
+        groups.setdefault(info.group, []).append(info)
+    # counts (no better direction) first, then the scores in the order the evaluator wrote them
+    return {group: sorted(infos, key=lambda info: info.better is not None) for group, infos in groups.items()}
+
+
 def generation_section(root: Path) -> str:
-    """DIR/eval/generation.json (vq3d eval generation) as a table."""
+    """DIR/eval/generation.json (vq3d eval generation): Stage 1 reconstructions and Stage 2 samples,
+    each metric named, with Stage 1's value beside Stage 2's as its reference."""
     metrics = read_json(root / "eval" / "generation.json")
     if metrics is None:
         return missing(_not_run(root, "eval_generation", "vq3d.eval.generation"), "eval/generation.json")
-    rows = "".join(f"<tr><td><code>{esc(k)}</code></td><td>{fmt(v)}</td></tr>" for k, v in metrics.items()
-                   if isinstance(v, (int, float)) and not isinstance(v, bool))
-    skipped = metrics.get("skipped") or {}
-    notes = "".join(f"<li><code>{esc(k)}</code>: {esc(str(v))}</li>" for k, v in skipped.items())
-    return (f'<table class="metrics"><tr><th>metric</th><th>value</th></tr>{rows}</table>'
-            + (f"<p>Not measured:</p><ul>{notes}</ul>" if notes else ""))
+    groups = _generation_groups(metrics)
+    about = "; ".join(f"{esc(info.name)}: {fmt(metrics[info.key])}" for info in groups.pop("run", []))
+    parts = ["<p>Stage 1 reconstructs held-out real images (the paper's FID-S1); Stage 2 samples new scenes "
+             "that Stage 1 decodes (FID-S2), so the reconstructions' value of the same measure is the "
+             f"reference a sample can at best reach.{' ' + about + '.' if about else ''}</p>"]
+    value_headers = {"s1": "reconstructions", "s2": "samples"}
+    for group in sorted(groups, key=lambda g: list(GROUP_TITLES).index(g)):
+        parts.append(f"<h3>{esc(GROUP_TITLES[group])}</h3>"
+                     + _group_table(groups[group], metrics, value_headers.get(group, "value")))
+    return "".join(parts)
+
+
+def merged_skips(skipped: list[dict[str, str]]) -> dict[str, list[str]]:
+    """{reason: human names of the metrics it kept from being measured}, over several evaluations'
+    `skipped` dicts: a reason two evaluations share (no weights, say) is listed once."""
+    by_reason: dict[str, list[str]] = {}
+    for entries in skipped:
+        for key, reason in entries.items():
+            names = by_reason.setdefault(str(reason), [])
+            label = describe(key).label
+            if label not in names:
+                names.append(label)
+    return by_reason
+
+
+def not_measured_section(root: Path) -> str:
+    """What eval/stage1.json and eval/generation.json skipped: each reason, which says what would
+    measure it, once, with the metrics it affects."""
+    results = [read_json(root / "eval" / name) for name in ("stage1.json", "generation.json")]
+    evaluated = [r for r in results if r is not None]
+    if not evaluated:
+        return missing("Nothing has been evaluated yet.", "eval/stage1.json, eval/generation.json")
+    by_reason = merged_skips([r.get("skipped") or {} for r in evaluated])
+    if not by_reason:
+        return "<p>Every metric of the evaluations that ran was measured.</p>"
+    items = "".join(f"<li>{'; '.join(f'<b>{esc(n)}</b>' for n in names)} &mdash; {esc(reason)}</li>"
+                    for reason, names in by_reason.items())
+    return f'<ul class="skipped">{items}</ul>'
 
 
 def radius_section(root: Path) -> str:
