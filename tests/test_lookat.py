@@ -1,5 +1,6 @@
 """The look-at prior (vq3d.losses.lookat): its value against a hand computation on a rendered
-sphere, its central square, and that it is off, with the ray subset untouched, when its switch is."""
+sphere, its central square, that it is off, with the ray subset untouched, when its switch is; and
+the demo preset's Eq. 3 threshold from the camera model (one pixel of parallax)."""
 
 import math
 
@@ -101,3 +102,29 @@ def test_lookat_depth_moves_the_prior_target(tmp_path):
     with pytest.raises(ConfigError, match="lookat_depth"):
         load_config("tiny", [], ["train.device=cpu", "loss.lookat=1", "loss.lookat_depth=0"])
     assert load_config("tiny").loss.lookat_depth == 1.0  # the orbit's centre unless set
+
+
+def test_flat_scale_is_one_pixel_of_parallax_across_the_novel_view_disc():
+    """Eq. 3's threshold of the demo preset, checked by projecting with vq3d's own cameras: a point
+    at the orbit's centre and one farther along the axis, their look-at disparity span 1 / s, move
+    apart by one pixel between the canonical camera and a camera on the disc's rim."""
+    from vq3d.config import load_config
+    from vq3d.config.presets import flat_scale
+    from vq3d.render.cameras import canonical_cameras, disc_offsets_to_cameras
+
+    cfg = load_config("demo")
+    r, res = cfg.render, cfg.data.resolution
+    s = flat_scale(r, res)
+    assert cfg.loss.max_scale == pytest.approx(s) and 7 < s < 8.5
+    assert cfg.loss.depth_scale_floor <= cfg.loss.max_scale
+    d = r.camera_distance
+    far = 1.0 / (1.0 / d - 1.0 / (s * d))  # look-at span d (1/d - 1/far) = 1 / s
+    points = torch.tensor([[[0.0, 0.0, 0.0], [0.0, 0.0, d - far]]], dtype=torch.float64)
+    rim = disc_offsets_to_cameras(torch.tensor([[r.sampling_radius, 0.0]], dtype=torch.float64),
+                                  d, r.fov_deg)
+    canon = canonical_cameras(1, d, r.fov_deg)
+    uv_rim, _ = rim.project(points, res, res)
+    uv_canon, _ = canon.to("cpu", torch.float64).project(points, res, res)
+    shift = (uv_rim[0, 1] - uv_rim[0, 0]) - (uv_canon[0, 1] - uv_canon[0, 0])
+    # small-angle formula against the exact projection: within 5% of one pixel
+    assert float(shift.norm()) == pytest.approx(1.0, rel=0.05)
