@@ -313,6 +313,32 @@ def test_reconstruct_writes_every_promised_file(stage1_run, tmp_path, mode):
     assert load_file(str(folder / "triplanes.safetensors"))["triplanes"].shape[:2] == (1, 3)
 
 
+def test_synthetic_truth_becomes_camera_axis_disparity_for_the_relative_loss(synth, tmp_path):
+    """Without a depth cache the relative loss's target is the scene's true depth: in the
+    camera-axis convention it must be 1 / z, z = t times the cosine of the ray to the optical
+    axis, here taken from the canonical camera's own rays."""
+    from dataclasses import replace
+
+    from vq3d.render.cameras import canonical_cameras
+    from vq3d.train.stage1 import truth_target_factor
+
+    cfg = load_config("tiny")
+    cfg.data.path = str(synth)
+    assert cfg.loss.depth_convention == "camera_axis" and cfg.loss.depth_target == "relative"
+    factor = truth_target_factor(cfg, metric_depth=False)
+    res = cfg.data.resolution
+    cams = canonical_cameras(1, cfg.render.camera_distance, cfg.render.fov_deg)
+    _, dirs = cams.rays(res, res)  # (1, H, W, 3) unit directions
+    forward = -cams.c2w[0, :3, 2]  # the camera looks down its -z axis
+    cos = (dirs[0] @ forward).float()
+    t = torch.rand(1, 1, res, res) + 1.0
+    torch.testing.assert_close((1.0 / t) * factor, 1.0 / (t * cos), rtol=1e-5, atol=0)
+    # already right: the metric loss (1 / t against the samples' 1 / t), the ray convention, a cache
+    assert truth_target_factor(cfg, metric_depth=True) is None
+    assert truth_target_factor(replace(cfg, loss=replace(cfg.loss, depth_convention="ray")), False) is None
+    assert truth_target_factor(replace(cfg, data=replace(cfg.data, depth_cache=str(tmp_path))), False) is None
+
+
 def test_metric_depth_target_is_chosen_for_synthetic_data_and_refused_for_relative_depth(synth, tmp_path):
     from PIL import Image
 

@@ -80,14 +80,16 @@ def test_the_generators_novel_view_loss_sends_no_gradient_into_the_canonical_ren
 
 
 @torch.no_grad()
-def test_each_term_of_eq4_equals_its_definition_recomputed_from_primitives(step_inputs):
+@pytest.mark.parametrize("statistic", ["depth", "disparity"])
+def test_each_term_of_eq4_equals_its_definition_recomputed_from_primitives(step_inputs, statistic):
     """Every term against its own formula, written here from the render's raw tensors (Eq. 1-2 by a
     weighted lstsq per image, as in test_depth_loss; the GAN terms by softplus of the logits)."""
     import torch.nn.functional as F
 
     cfg, _, p = step_inputs
-    _, terms = _losses(cfg, p)
-    o, images, c, r = p["out"], p["images"], cfg.loss, cfg.render
+    c = replace(cfg.loss, lookat_statistic=statistic)
+    _, terms = _losses(cfg, p, c)
+    o, images, r = p["out"], p["images"], cfg.render
     canonical, novel = o["canonical"], o["novel"]
     assert float(terms["mse"]) == pytest.approx(float(((canonical.rgb - images) ** 2).mean()), rel=1e-6)
     assert float(terms["vq"]) == pytest.approx(float(o["quant"].loss), rel=1e-6)
@@ -110,14 +112,20 @@ def test_each_term_of_eq4_equals_its_definition_recomputed_from_primitives(step_
     assert float(terms["depth"]) == pytest.approx(sum(losses) / len(losses), rel=1e-4)
     eq3 = sum(max(0.0, -s) + c.small_scale * max(s - c.max_scale, 0.0) for s in scales) / len(scales)
     assert float(terms["scale"]) == pytest.approx(eq3, rel=1e-3, abs=1e-7)
-    # the look-at prior: the central pixels' mean camera-axis disparity against 1 / (lookat_depth c)
+    # the look-at prior, in the run's statistic: the central pixels' mean expected ray depth against
+    # lookat_depth c, or their mean camera-axis disparity against 1 / (lookat_depth c)
     res = images.shape[-1]
     side = max(1, round(res * c.lookat_fraction))
     top = (res - side) // 2
-    central = (canonical.disparity / canonical.axis_cos.view_as(canonical.disparity))[:, 0, top:top + side, top:top + side]
-    m = central.flatten(1).mean(1)
-    assert float(terms["lookat"]) == pytest.approx(float(torch.log(m * c.lookat_depth * r.camera_distance).square().mean()),
-                                                   rel=1e-5)
+    target = c.lookat_depth * r.camera_distance
+    if c.lookat_statistic == "depth":
+        m = canonical.depth[:, 0, top:top + side, top:top + side].flatten(1).mean(1)
+        expected = torch.log(m / target).square().mean()
+    else:
+        axis_disparity = canonical.disparity / canonical.axis_cos.view_as(canonical.disparity)
+        m = axis_disparity[:, 0, top:top + side, top:top + side].flatten(1).mean(1)
+        expected = torch.log(m * target).square().mean()
+    assert float(terms["lookat"]) == pytest.approx(float(expected), rel=1e-5)
     # non-saturating generator terms: softplus(-logit), the novel one on [rgb, depth channel]
     assert float(terms["gan_main"]) == pytest.approx(float(F.softplus(-p["d_main"](canonical.rgb)).mean()), rel=1e-5)
     channel = (novel.disparity * r.near).clamp(0, 1) * 2 - 1

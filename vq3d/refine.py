@@ -10,8 +10,9 @@ N steps, with the Stage-1 model's MLPs frozen. Two things can be optimized (`tar
 The losses are the run's own Eq. 4 through the same assembly as training
 (`vq3d.losses.stage1.generator_losses`), with the parts refinement has: the reconstruction terms
 (MSE, logit-Laplace with the run's learned scale, LPIPS when its weights are configured), the
-depth loss the run was trained with (Eq. 1-3 with its floor, convention and units, or the
-canonical band) when a target disparity is given, the look-at prior when the run used it, and the
+depth loss of the run's `loss.depth_target` (Eq. 1-3 with its floor, convention and units, or the
+canonical band) when a target disparity is given (a photo's target is relative, so a run trained
+with the metric loss on synthetic truth is refined with Eq. 1-3), the look-at prior when the run used it, and the
 NeRF regularizers, at the run's weights; no VQ term (nothing is quantized) and no GAN terms (no
 discriminators). Measured against ground truth on held-out synthetic scenes by `vq3d eval refine`.
 """

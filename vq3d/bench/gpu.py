@@ -179,11 +179,22 @@ def check_render(ctx: Context) -> dict:
     from vq3d.render.fused import triton_available
 
     kernels = ["torch"] + (["triton"] if ctx.cuda and triton_available() else [])
-    rows = {kernel: _render_row(ctx, kernel) for kernel in kernels}
+    rows: dict[str, dict] = {}
+    failure: Exception | None = None
+    for kernel in kernels:  # each in its own try: a kernel that fails keeps the other's row
+        try:
+            rows[kernel] = _render_row(ctx, kernel)
+        except Skip:
+            raise
+        except Exception as err:
+            rows[kernel], failure = {"error": f"{type(err).__name__}: {err}"[:500]}, err
+            free_memory(ctx.device)
+    if failure is not None and all("error" in row for row in rows.values()):
+        raise failure  # nothing measured: the check fails with the traceback
     result: dict[str, Any] = {"by_kernel": rows}
-    if "triton" in rows:
+    if all("train_rays_per_s" in rows.get(k, {}) for k in ("torch", "triton")):
         result["triton_speedup_train"] = round(rows["triton"]["train_rays_per_s"] / rows["torch"]["train_rays_per_s"], 2)
-    else:
+    elif "triton" not in rows:
         result["triton"] = "not run: needs CUDA and Triton" if not ctx.cuda else "not run: Triton does not import"
     return result
 
@@ -330,15 +341,8 @@ def run(preset: str | None, device: str, max_batch: int, budget_s: float, out: s
         report.data["note"] = ("no CUDA device: the tiny preset on the CPU, fp32 steps (bf16 only in the render "
                                "agreement check, through CPU autocast)")
 
-    def on_deadline() -> None:  # the watchdog: a check did not return by the deadline
-        running, d = report.data.get("running"), report.data
-        if running:
-            d["skipped"][running] = f"budget: killed at the deadline ({budget_s:.0f} s)"
-        for name in d["order"]:
-            if name not in d["checks"] and name not in d["skipped"] and name not in d["errors"]:
-                d["skipped"][name] = f"budget: not started by the deadline ({budget_s:.0f} s)"
-        report.close("stopped at the budget", budget.elapsed())
-        print(json.dumps(report.data), flush=True)
+    def on_deadline() -> int:  # the watchdog: a check did not return by the deadline
+        return report.stop_at_deadline(budget_s, budget.elapsed())
 
     budget.arm(on_deadline)
     try:

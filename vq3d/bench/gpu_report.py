@@ -65,9 +65,9 @@ class Budget:
         if self.left() < seconds:
             raise OverBudget(f"budget: {what} needs about {seconds:.0f} s, {max(0.0, self.left()):.0f} s left")
 
-    def arm(self, on_deadline: Callable[[], None]) -> None:
-        """Start the watchdog: at the deadline it calls `on_deadline` (which writes the report),
-        kills the adopted children and ends the process. (Not a SIGALRM: an exception raised
+    def arm(self, on_deadline: Callable[[], int]) -> None:
+        """Start the watchdog: at the deadline it kills the adopted children, calls `on_deadline`
+        (which writes the report and returns the exit code) and ends the process. (Not a SIGALRM: an exception raised
         inside PyTorch's C++ callbacks, the autograd engine's, aborts the process.)"""
         watchdog = threading.Timer(max(0.01, self.seconds - self.elapsed()), self._hard_stop, (on_deadline,))
         watchdog.daemon = True
@@ -82,17 +82,18 @@ class Budget:
         """A child process (group) to kill if the watchdog ends the run."""
         self._children.append(child)
 
-    def _hard_stop(self, on_deadline: Callable[[], None]) -> None:
+    def _hard_stop(self, on_deadline: Callable[[], int]) -> None:
         for child in self._children:
             try:
                 os.killpg(child.pid, signal.SIGKILL)
             except OSError:
                 pass
+        code = 1
         try:
-            on_deadline()
+            code = on_deadline()
         finally:
             sys.stderr.flush()
-            os._exit(0)
+            os._exit(code)
 
 
 class Report:
@@ -103,7 +104,7 @@ class Report:
         self.path, self.clock = (Path(path) if path else None), clock
         self.data: dict[str, Any] = {"benchmark": "gpu", **header, "status": "running", "running": None,
                                      "order": order, "checks": {}, "skipped": {}, "errors": {}, "seconds": {}}
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # the watchdog thread writes too
         self.write()
 
     def write(self) -> None:
@@ -113,13 +114,20 @@ class Report:
             atomic_write_text(self.path, json.dumps(self.data, indent=1, default=str) + "\n")
 
     def start(self, name: str) -> None:
-        self.data["running"] = name
-        self.write()
+        with self._lock:
+            self.data["running"] = name
+            self.write()
 
     def finish(self, name: str, seconds: float, *, result: dict | None = None, skipped: str | None = None,
                error: BaseException | None = None, summary: str = "") -> None:
         """Record one check's end (a result, a skip reason or an error), rewrite the file, print
         one line."""
+        with self._lock:
+            line = self._record(name, seconds, result, skipped, error, summary)
+        print(f"bench gpu [{self.data['elapsed_s']:6.1f} s] {name}: {line}", file=sys.stderr, flush=True)
+
+    def _record(self, name: str, seconds: float, result: dict | None, skipped: str | None,
+                error: BaseException | None, summary: str) -> str:
         d = self.data
         d["seconds"][name] = round(seconds, 1)
         if result is not None:
@@ -138,8 +146,23 @@ class Report:
         d["running"] = None
         d["elapsed_s"] = round(self.clock(), 1)
         self.write()
-        print(f"bench gpu [{d['elapsed_s']:6.1f} s] {name}: {line}", file=sys.stderr, flush=True)
+        return line
 
     def close(self, status: str, total_s: float) -> None:
-        self.data.update(status=status, total_s=round(total_s, 1))
-        self.write()
+        with self._lock:
+            self.data.update(status=status, total_s=round(total_s, 1))
+            self.write()
+
+    def stop_at_deadline(self, budget_s: float, total_s: float) -> int:
+        """The watchdog's last write: the running check and those not started are skipped for the
+        budget; prints the report; returns the exit code (1 if a check failed)."""
+        with self._lock:
+            d = self.data
+            if d["running"]:
+                d["skipped"][d["running"]] = f"budget: killed at the deadline ({budget_s:.0f} s)"
+            for name in d["order"]:
+                if name not in d["checks"] and name not in d["skipped"] and name not in d["errors"]:
+                    d["skipped"][name] = f"budget: not started by the deadline ({budget_s:.0f} s)"
+            self.close("stopped at the budget", total_s)
+            print(json.dumps(d, default=str), flush=True)
+            return 1 if d["errors"] else 0

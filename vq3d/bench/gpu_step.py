@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 import torch
 
-from vq3d.bench.gpu_report import OverBudget
+from vq3d.bench.gpu_report import OverBudget, Skip
 from vq3d.bench.paper_step import largest_passing
 from vq3d.bench.regions import RegionClock
 from vq3d.losses.stage1 import novel_gan_start
@@ -84,6 +84,12 @@ class StepRig:
         self.trainer.step = self.start_step  # the GAN's steps: the ones a long run is made of
         self._data: dict[int, dict] = {}
         self.compiled = False
+
+    def use_kernel(self, kernel: str) -> None:
+        """Render with `kernel` from now on (the rig's config too, for the projection and probes)."""
+        self.cfg = replace(self.cfg, render=replace(self.cfg.render, kernel=kernel))
+        renderer = self.trainer.model.renderer
+        renderer.cfg = replace(renderer.cfg, kernel=kernel)
 
     @contextmanager
     def kernel(self, kernel: str) -> Iterator[None]:
@@ -195,8 +201,9 @@ class StepRig:
                 "scatter": policy.scatter}
 
     def projection(self, batch: int) -> dict:
-        """The fake-tensor step of the same configuration (its chunk budget, scatter and precision;
-        the CPU's autocast rules) and the step time its FLOPs give at 40% MFU."""
+        """The fake-tensor step of the same configuration with the torch renderer (its chunk
+        budget, scatter and precision; the CPU's autocast rules), so read it beside the torch-kernel
+        rows where the step used the fused one, and the step time its FLOPs give at 40% MFU."""
         from vq3d.bench.fake_step import fake_step_memory
 
         policy = self.trainer.model.renderer.execution_policy(self.device)
@@ -234,9 +241,19 @@ def check_step(ctx: "Context") -> dict:
 
     rig = ctx.rig()
     kernel = resolve_kernel(rig.cfg.render, ctx.device)
-    rows = [rig.row(b, warm=2, timed=ctx.repeats) for b in (1, 2)]
+    fallback: dict[str, str] = {}
+    try:
+        rows = [rig.row(b, warm=2, timed=ctx.repeats) for b in (1, 2)]
+    except Exception as err:  # the fused kernels' first GPU run: fall back to torch for every later check
+        if kernel != "triton" or isinstance(err, Skip):
+            raise
+        fallback = {"triton_error": f"{type(err).__name__}: {err}"[:500]}
+        free_memory(ctx.device)
+        rig.use_kernel("torch")
+        kernel = "torch"
+        rows = [rig.row(b, warm=2, timed=ctx.repeats) for b in (1, 2)]
     rig.details(rows[0])
-    result = {"batch_1": rows[0], "batch_2": rows[1], **memory_per_image(*rows), "render_kernel": kernel,
+    result = {"batch_1": rows[0], "batch_2": rows[1], **memory_per_image(*rows), "render_kernel": kernel, **fallback,
               "precision": rig.cfg.train.precision, "flops_per_image": ctx.flops_per_image(),
               "step_index": rig.start_step, "r1": "off (1 step in 16: vq3d bench paper-step measures it)"}
     if kernel == "triton":  # the same step with the reference renderer, beside it

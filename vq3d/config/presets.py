@@ -60,12 +60,13 @@ def demo() -> Config:
             depth=1.0,  # "Depth weight"
             # "Photo depth: camera-axis disparity and priors from principles" (no value here comes
             # from the benchmark's geometry): Eq. 3 flags a scene as flat where its depth shows under
-            # one pixel of parallax across the novel-view disc (7.7 at 32 px; the paper's 1 in
+            # one pixel of parallax across the novel-view disc (7.7 at 32 px: another data.resolution needs
+            # flat_scale(render, resolution) set as loss.max_scale; the paper's 1 in
             # look-at units binds on the benchmark's rooms); the floor keeps the scene's span within
             # the orbit's centre to infinity, for the whole run
             max_scale=flat_scale(paper_cfg.render, 32), depth_scale_floor=1.0, depth_scale_floor_steps=0,
             # the paper's relative loss (Eq. 1-3) with the look-at prior, a departure: the central
-            # pixels' mean disparity at the orbit's centre, where the camera model puts the subject
+            # pixels' mean depth at the orbit's centre, where the camera model puts the subject
             # ("Geometry from relative pseudo-depth"); loss.depth_target=metric is an upper bound
             depth_target="relative", lookat=0.1, lookat_depth=1.0,
             gan_start_steps=8740, gan_warmup_steps=100),  # the GAN's last 5% ("GAN share and GAN batch")

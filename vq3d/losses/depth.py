@@ -114,8 +114,8 @@ def scale_loss(s: Tensor, small_scale: float, max_scale: float = 1.0) -> Tensor:
 
     The first term keeps the disparity scale from flipping sign; the second keeps rendered
     disparity from becoming flatter than the target (perceptually flat novel views). The paper
-    uses max_scale = 1; it is in the renderer's disparity units, so a dataset whose true
-    geometry has a larger s* (see the synthetic benchmark) needs a larger one.
+    uses max_scale = 1; it is in the units of `loss.scale_unit` (look-at or world disparity), so a
+    dataset whose true geometry has a larger s* (see the synthetic benchmark) needs a larger one.
     """
     return (F.relu(-s) + small_scale * F.relu(s - max_scale)).mean()
 

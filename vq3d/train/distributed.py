@@ -16,6 +16,7 @@ runs with and without `torchrun`.
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -101,6 +102,10 @@ def setup_distributed(device_pref: str = "auto", timeout_s: float = 1800.0, back
         return DistInfo(0, 0, 1, device, True)
     shared_gpu = ":" in device_pref.strip()  # one named GPU for every rank
     device = resolve_device(device_pref, local_rank)
+    if shared_gpu and device.type == "cuda" and rank == 0 and torch.cuda.device_count() > 1:
+        # a config written for one process (train.device=cuda:0) would put every rank on one GPU
+        print(f"note: train.device={device_pref} puts all {world_size} ranks on that one GPU (gloo); use "
+              "train.device=cuda (or auto) for one GPU per rank", file=sys.stderr)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if not dist.is_initialized():

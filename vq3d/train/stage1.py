@@ -32,7 +32,7 @@ from vq3d.losses.stage1 import discriminator_losses, generator_losses, novel_gan
 from vq3d.models.discriminator import Discriminator
 from vq3d.models.quantizer import CodebookUsage
 from vq3d.models.stage1 import Stage1Model
-from vq3d.render.cameras import sample_novel_cameras
+from vq3d.render.cameras import axis_cosines, sample_novel_cameras
 from vq3d.train.batches import batch_stream
 from vq3d.train.compile import compile_regions
 from vq3d.train.core import TrainerCore
@@ -55,15 +55,30 @@ from vq3d.utils.io import atomic_write_json
 
 
 
-def uses_metric_depth(cfg: Config) -> bool:
-    """Whether this run's data gets the metric depth loss (`vq3d.losses.depth_target`)."""
+def _data_kind(cfg: Config) -> str | None:
     try:
-        kind = cfg.data.kind if cfg.data.kind != "auto" else detect_kind(cfg.data.path)
+        return cfg.data.kind if cfg.data.kind != "auto" else detect_kind(cfg.data.path)
     except UserError:
         if cfg.loss.depth_target == "metric" and not cfg.data.depth_cache:
             raise
-        kind = None
-    return metric_depth_target(cfg.loss, kind, cfg.data.depth_cache, cfg.data.path)
+        return None
+
+
+def uses_metric_depth(cfg: Config) -> bool:
+    """Whether this run's data gets the metric depth loss (`vq3d.losses.depth_target`)."""
+    return metric_depth_target(cfg.loss, _data_kind(cfg), cfg.data.depth_cache, cfg.data.path)
+
+
+def truth_target_factor(cfg: Config, metric_depth: bool) -> Tensor | None:
+    """(1, 1, R, R) factor turning synthetic data's true ray disparity 1 / t (its target when no
+    depth cache is set) into camera-axis disparity 1 / z = 1 / (t cos) for a relative or canonical
+    depth loss in that convention; None where the target is already right (a cache of estimator
+    maps, the metric loss, the ray convention)."""
+    if (metric_depth or cfg.data.depth_cache or cfg.loss.depth_convention != "camera_axis"
+            or _data_kind(cfg) != "synthetic"):
+        return None
+    res = cfg.data.resolution
+    return (1.0 / axis_cosines(cfg.render.fov_deg, res, res))[None, None]
 
 
 class Stage1Trainer:
@@ -82,6 +97,8 @@ class Stage1Trainer:
             raise ConfigError(f"render.train_rays {cfg.render.train_rays} must be >= 0 (0 = every pixel)")
         validate(cfg)  # a config built in code, not through load_config, is checked here
         self.metric_depth = uses_metric_depth(cfg)
+        factor = truth_target_factor(cfg, self.metric_depth)
+        self.truth_factor = factor.to(self.device) if factor is not None else None
         self.model = Stage1Model(cfg).to(self.device)
         res = cfg.data.resolution
         self.use_gan = L.gan > 0
@@ -164,6 +181,8 @@ class Stage1Trainer:
         disparity = batch.get("disparity")
         if disparity is None and (cfg.loss.depth or cfg.loss.scale):
             raise RuntimeError("the batch has no disparity target but the depth loss is on")
+        if disparity is not None and self.truth_factor is not None:
+            disparity = disparity * self.truth_factor
         lr = lr_at(step, cfg.train.lr, cfg.train.warmup_steps, cfg.train.steps, cfg.train.min_lr_ratio)
         set_lr(self.opt_g, lr)
         # the step's randomness (jitter, ray subsets, novel cameras, code restarts), on its device
