@@ -22,6 +22,7 @@ def paper() -> Config:
     cfg = Config(preset="paper")
     cfg.loss = replace(cfg.loss, depth_convention="camera_axis", target_normalization="robust",
                        scale_unit="lookat", lookat_statistic="depth")
+    cfg.render = replace(cfg.render, kernel="auto")  # the fused renderer on CUDA (docs/design.md)
     return cfg
 
 

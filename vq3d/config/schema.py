@@ -79,8 +79,9 @@ class RenderConfig:
     scatter: Literal["auto", "segment", "index_add"] = "auto"
     # Which implementation renders each sampling level: "torch" (the reference), "triton" (one
     # fused kernel per level forward and one backward that recomputes: vq3d/render/fused.py), or
-    # "auto" (triton on CUDA when Triton imports, torch elsewhere).
-    kernel: Literal["auto", "torch", "triton"] = "auto"
+    # "auto" (triton on CUDA when Triton imports, torch elsewhere). The default is torch so that a run
+    # saved before the field existed renders as it was trained; the presets set auto.
+    kernel: Literal["auto", "torch", "triton"] = "torch"
     # Rays rendered per image in training steps that need no whole image (no GAN, no perceptual
     # loss yet): a random subset of the canonical pixels, so the encoder and decoder see more
     # images for the same rendering cost. 0 = every pixel.
