@@ -76,6 +76,9 @@ def main(out_dir: str) -> None:
                   os.path.join(out_dir, f"rank{rank}.safetensors"))
         with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
             json.dump(results, f)
+        # both ranks idle before either tears gloo down: a rank that exits while its peer still
+        # writes can abort that peer's gloo threads ("terminate called without an active exception")
+        barrier()
     finally:
         cleanup()
 
