@@ -23,7 +23,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-MAX_DELTA = 1e10  # stands in for an infinite interval (vq3d.render.compositing.MAX_DELTA)
+from vq3d.render.compositing import MAX_DELTA  # stands in for an infinite interval
 
 
 @triton.jit
@@ -136,6 +136,28 @@ def _load_mlp(w1, b1, w2, b2, C: tl.constexpr, H: tl.constexpr, O: tl.constexpr,
 
 
 @triton.jit
+def _load_rays(origins, dirs, ray64, live):
+    """The block's ray origins and directions, one (BLOCK,) vector per coordinate."""
+    ox = tl.load(origins + ray64 * 3, mask=live, other=0.0)
+    oy = tl.load(origins + ray64 * 3 + 1, mask=live, other=0.0)
+    oz = tl.load(origins + ray64 * 3 + 2, mask=live, other=0.0)
+    dx = tl.load(dirs + ray64 * 3, mask=live, other=0.0)
+    dy = tl.load(dirs + ray64 * 3 + 1, mask=live, other=0.0)
+    dz = tl.load(dirs + ray64 * 3 + 2, mask=live, other=0.0)
+    return ox, oy, oz, dx, dy, dz
+
+
+@triton.jit
+def _interval(s_lo, s_hi, near, inv_far):
+    """A sample's interval [s_lo, s_hi] in s-space: its mid-point's disparity and distance, and its
+    length in distance (clamped to MAX_DELTA, as the torch path's interval_lengths)."""
+    s_mid = 0.5 * (s_lo + s_hi)
+    disp_mid = (1.0 - s_mid) / near + s_mid * inv_far
+    delta = tl.minimum(tl.maximum(_t_of_s(s_hi, near, inv_far) - _t_of_s(s_lo, near, inv_far), 0.0), MAX_DELTA)
+    return disp_mid, 1.0 / disp_mid, delta
+
+
+@triton.jit
 def _level_fwd(table, origins, dirs, edges, w1, b1, w2, b2,
                weights_out, rgb_out, depth_out, disparity_out, opacity_out,
                n_rays, rays_per_batch, near, inv_far, scene_scale, plane_scale,
@@ -150,12 +172,7 @@ def _level_fwd(table, origins, dirs, edges, w1, b1, w2, b2,
     lane_mask = live[:, None] & (cols[None, :] < C)
     col_o = tl.arange(0, OP)
     batch_base = (ray64 // rays_per_batch) * (3 * RES * RES)
-    ox = tl.load(origins + ray64 * 3, mask=live, other=0.0)
-    oy = tl.load(origins + ray64 * 3 + 1, mask=live, other=0.0)
-    oz = tl.load(origins + ray64 * 3 + 2, mask=live, other=0.0)
-    dx = tl.load(dirs + ray64 * 3, mask=live, other=0.0)
-    dy = tl.load(dirs + ray64 * 3 + 1, mask=live, other=0.0)
-    dz = tl.load(dirs + ray64 * 3 + 2, mask=live, other=0.0)
+    ox, oy, oz, dx, dy, dz = _load_rays(origins, dirs, ray64, live)
     w1t, bias1, w2t, bias2 = _load_mlp(w1, b1, w2, b2, C, H, O, CP, HP, OP)
     through = tl.zeros([BLOCK], dtype=tl.float32)  # optical depth before the sample
     opacity = tl.zeros([BLOCK], dtype=tl.float32)
@@ -165,10 +182,7 @@ def _level_fwd(table, origins, dirs, edges, w1, b1, w2, b2,
     s_lo = tl.load(edges + ray64 * (S + 1), mask=live, other=0.0)
     for k in range(S):
         s_hi = tl.load(edges + ray64 * (S + 1) + k + 1, mask=live, other=1.0)
-        s_mid = 0.5 * (s_lo + s_hi)
-        disp_mid = (1.0 - s_mid) / near + s_mid * inv_far
-        t_mid = 1.0 / disp_mid
-        delta = tl.minimum(tl.maximum(_t_of_s(s_hi, near, inv_far) - _t_of_s(s_lo, near, inv_far), 0.0), MAX_DELTA)
+        disp_mid, t_mid, delta = _interval(s_lo, s_hi, near, inv_far)
         ux, uy, uz = _sample_point(ox, oy, oz, dx, dy, dz, t_mid, scene_scale, L2)
         x, _, _, _, _, _, _ = _features(table, batch_base, ux, uy, uz, cols, lane_mask, plane_scale, RES, C)
         _, _, _, density, colour = _field(x, w1t, bias1, w2t, bias2, col_o)
@@ -210,12 +224,7 @@ def _level_bwd(table, origins, dirs, edges, w1, b1, w2, b2,
     col_o = tl.arange(0, OP)
     col_h = tl.arange(0, HP)
     batch_base = (ray64 // rays_per_batch) * (3 * RES * RES)
-    ox = tl.load(origins + ray64 * 3, mask=live, other=0.0)
-    oy = tl.load(origins + ray64 * 3 + 1, mask=live, other=0.0)
-    oz = tl.load(origins + ray64 * 3 + 2, mask=live, other=0.0)
-    dx = tl.load(dirs + ray64 * 3, mask=live, other=0.0)
-    dy = tl.load(dirs + ray64 * 3 + 1, mask=live, other=0.0)
-    dz = tl.load(dirs + ray64 * 3 + 2, mask=live, other=0.0)
+    ox, oy, oz, dx, dy, dz = _load_rays(origins, dirs, ray64, live)
     w1t, bias1, w2t, bias2 = _load_mlp(w1, b1, w2, b2, C, H, O, CP, HP, OP)
     # the rays' outputs and their gradients
     rgb_mask = live[:, None] & (col_o[None, :] >= 1) & (col_o[None, :] < O)
@@ -235,9 +244,7 @@ def _level_bwd(table, origins, dirs, edges, w1, b1, w2, b2,
     s_lo = tl.load(edges + ray64 * (S + 1), mask=live, other=0.0)
     for k in range(S):
         s_hi = tl.load(edges + ray64 * (S + 1) + k + 1, mask=live, other=1.0)
-        s_mid = 0.5 * (s_lo + s_hi)
-        disp_mid = (1.0 - s_mid) / near + s_mid * inv_far
-        t_mid = 1.0 / disp_mid
+        disp_mid, t_mid, _ = _interval(s_lo, s_hi, near, inv_far)
         w = tl.load(weights + ray64 * S + k, mask=live, other=0.0)
         gw = tl.load(g_weights + ray64 * S + k, mask=live, other=0.0)
         d_depth = tl.where(clamped, t_mid / 1e-6, (t_mid - dep) / opac_c)
@@ -253,10 +260,7 @@ def _level_bwd(table, origins, dirs, edges, w1, b1, w2, b2,
     s_lo = tl.load(edges + ray64 * (S + 1), mask=live, other=0.0)
     for k in range(S):
         s_hi = tl.load(edges + ray64 * (S + 1) + k + 1, mask=live, other=1.0)
-        s_mid = 0.5 * (s_lo + s_hi)
-        disp_mid = (1.0 - s_mid) / near + s_mid * inv_far
-        t_mid = 1.0 / disp_mid
-        delta = tl.minimum(tl.maximum(_t_of_s(s_hi, near, inv_far) - _t_of_s(s_lo, near, inv_far), 0.0), MAX_DELTA)
+        disp_mid, t_mid, delta = _interval(s_lo, s_hi, near, inv_far)
         ux, uy, uz = _sample_point(ox, oy, oz, dx, dy, dz, t_mid, scene_scale, L2)
         x, lx, fx, ly, fy, lz, fz = _features(table, batch_base, ux, uy, uz, cols, lane_mask, plane_scale, RES, C)
         z1, h, o0, density, colour = _field(x, w1t, bias1, w2t, bias2, col_o)
