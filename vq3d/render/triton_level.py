@@ -23,7 +23,10 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from vq3d.render.compositing import MAX_DELTA  # stands in for an infinite interval
+from vq3d.render import compositing
+
+# stands in for an infinite interval; a compiled kernel reads only constexpr globals
+MAX_DELTA = tl.constexpr(compositing.MAX_DELTA)
 
 
 @triton.jit
