@@ -19,6 +19,7 @@ def test_render_benchmark_smoke(capsys):
     assert kept["torch"]["samples"] == [64, 64, 32] and kept["torch"]["extra_bytes_per_ray"] > 1000
     if isinstance(kept["triton"], dict):  # Triton installed: its interpreter runs the kernels here
         assert kept["triton"]["extra_bytes_per_ray"] * 20 <= kept["torch"]["extra_bytes_per_ray"]
+        assert report["triton_build"]["nerf/bfloat16/bwd"]["registers"] > 0  # built for sm_90 here
 
 
 def test_peak_memory_counts_transient_allocations():

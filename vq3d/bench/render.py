@@ -17,6 +17,9 @@ Kept for the backward (`saved_for_backward`): at the paper preset's sample count
 the tensors autograd saves in a training render beyond the render's outputs, its inputs and the
 planes' channel-last table, per ray: the torch path against the Triton kernels
 (`render.kernel=triton`; under TRITON_INTERPRET=1 on a CPU).
+Built for a GPU (`triton_build`): the Triton kernels at the paper's sizes compiled for sm_90
+(H100/H200) on this machine, no GPU needed, with the registers, spilled bytes and shared memory
+that ptxas reports.
 Peak memory: the largest net number of bytes allocated during one training forward + backward,
 above what was allocated before it, read from the PyTorch profiler's allocation events
 (`profile_memory=True`, the allocator's running total): real allocations including transient
@@ -277,6 +280,19 @@ def saved_bytes_report() -> dict:
     return report
 
 
+def triton_build_report() -> dict | str:
+    """The fused kernels at the paper's sizes, compiled for sm_90 (H100/H200) here, no GPU needed:
+    registers per thread, spilled bytes, shared memory (`vq3d.render.triton_build`)."""
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return "not measured: Triton does not import here"
+    from vq3d.config.presets import paper
+    from vq3d.render.triton_build import build_report
+
+    return build_report(paper())
+
+
 def _measure(name: str, repeats: int) -> dict:
     cfg, spec = _setting(name)
     planes, origins, dirs, renderer = _inputs(cfg, spec)
@@ -350,6 +366,7 @@ def main(argv: list[str] | None = None) -> int:
     for s in names:
         report["settings"][s] = _measure(s, args.repeats)
     report["saved_for_backward"] = saved_bytes_report()
+    report["triton_build"] = triton_build_report()
     if args.json:
         print(json.dumps(report, indent=2))
     else:
@@ -360,4 +377,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"kept for the backward beyond outputs, bytes per ray (paper samples): torch "
               f"{kept['torch']['extra_bytes_per_ray']:.0f}, triton "
               f"{kept['triton']['extra_bytes_per_ray'] if isinstance(kept['triton'], dict) else kept['triton']}")
+        build = report["triton_build"]
+        if isinstance(build, dict):
+            for key, usage in build.items():
+                if isinstance(usage, dict):
+                    print(f"{build['arch']} {key}: {usage['registers']} registers, {usage['spill_store_bytes']} B "
+                          f"spilled, {usage['shared_bytes']} B shared")
+        else:
+            print(f"triton build: {build}")
     return 0

@@ -78,7 +78,7 @@ class _FusedLevel(torch.autograd.Function):
         grid = (max(1, math.ceil(rays / BLOCK_RAYS)),)
         k._level_fwd[grid](table, origins, dirs, edges, w1, b1, w2, b2, weights, rgb, depth, disparity, opacity,
                            rays, settings["rays_per_batch"], settings["near"], settings["inv_far"],
-                           settings["scene_scale"], settings["plane_scale"], **_constants(settings, samples))
+                           settings["scene_scale"], settings["plane_scale"], **kernel_constants(settings, samples))
         ctx.settings = settings
         ctx.save_for_backward(table, origins, dirs, edges, w1, b1, w2, b2, weights, rgb, depth, opacity)
         return weights, rgb, depth, disparity, opacity
@@ -114,7 +114,7 @@ class _FusedLevel(torch.autograd.Function):
                                 grad_table, part_w1, part_b1, part_w2, part_b2,
                                 rays, settings["rays_per_batch"], settings["near"], settings["inv_far"],
                                 settings["scene_scale"], settings["plane_scale"],
-                                TABLE_GRAD=table_grad, **_constants(settings, samples))
+                                TABLE_GRAD=table_grad, **kernel_constants(settings, samples))
         grad_w1 = part_w1.sum(0)[:c, :h].t().to(w1.dtype)
         grad_b1 = part_b1.sum(0)[:h].to(b1.dtype)
         grad_w2 = part_w2.sum(0)[:h, :o].t().to(w2.dtype)
@@ -123,7 +123,17 @@ class _FusedLevel(torch.autograd.Function):
         return grad_table, None, None, None, None, grad_w1, grad_b1, grad_w2, grad_b2
 
 
-def _constants(settings: dict, samples: int) -> dict:
+def level_settings(cfg: RenderConfig, channels: int, hidden: int, outputs: int, resolution: int, reduce: str,
+                   opaque_last: bool) -> dict:
+    """The kernels' settings for one level: the render's scalars and the sizes they specialise on
+    (C plane channels, the MLP's hidden width and outputs, 1 or 4, the planes' resolution)."""
+    return {"near": float(cfg.near), "inv_far": 0.0 if math.isinf(cfg.far) else 1.0 / cfg.far,
+            "scene_scale": float(cfg.scene_scale), "plane_scale": 1.0 / 3.0 if reduce == "mean" else 1.0,
+            "channels": channels, "hidden": hidden, "outputs": outputs, "resolution": resolution,
+            "l2": cfg.contraction == "l2", "opaque_last": bool(opaque_last)}
+
+
+def kernel_constants(settings: dict, samples: int) -> dict:
     return dict(S=samples, C=settings["channels"], H=settings["hidden"], O=settings["outputs"],
                 CP=_pad(settings["channels"]), HP=_pad(settings["hidden"]), OP=_pad(settings["outputs"]),
                 RES=settings["resolution"], BLOCK=BLOCK_RAYS, L2=settings["l2"], OPAQUE_LAST=settings["opaque_last"])
@@ -140,10 +150,9 @@ def fused_level(table: Tensor, origins: Tensor, dirs: Tensor, edges: Tensor, mlp
     """
     batch, n = origins.shape[:2]
     first, head = mlp.linears[0], mlp.linears[-1]
-    settings = {"rays_per_batch": n, "near": float(cfg.near), "inv_far": 0.0 if math.isinf(cfg.far) else 1.0 / cfg.far,
-                "scene_scale": float(cfg.scene_scale), "plane_scale": 1.0 / 3.0 if reduce == "mean" else 1.0,
-                "channels": table.shape[-1], "hidden": first.out_features, "outputs": head.out_features,
-                "resolution": table.shape[2], "l2": cfg.contraction == "l2", "opaque_last": bool(opaque_last)}
+    settings = level_settings(cfg, table.shape[-1], first.out_features, head.out_features, table.shape[2],
+                              reduce, opaque_last)
+    settings["rays_per_batch"] = n
     rays = batch * n
     params = [p.float() if p.dtype != torch.float32 else p for p in (first.weight, first.bias, head.weight, head.bias)]
     weights, rgb, depth, disparity, opacity = _FusedLevel.apply(
