@@ -154,3 +154,17 @@ def test_the_largest_batch_search_agrees_with_a_scan_and_asks_each_batch_once():
 
             assert largest_passing(fits, guess, cap=64, grow=1.25) == min(limit, 64)
             assert len(asked) == len(set(asked)) and len(asked) <= 12
+
+
+def test_the_launch_shapes_are_timed_under_the_interpreter():
+    """The fused kernels' launch candidates each render (tiny preset; Triton's interpreter on CPU),
+    so the first GPU run gets a row per shape rather than an error."""
+    pytest.importorskip("triton")
+    from vq3d.render.fused import LAUNCH_CANDIDATES, triton_available
+
+    if not triton_available():
+        pytest.skip("Triton cannot run here")
+    ctx = gpu.Context("tiny", torch.device("cpu"), 1, Budget(120.0), "tiny")
+    rows = gpu._launch_rows(ctx)
+    assert len(rows) == len(LAUNCH_CANDIDATES) and sum("(default)" in name for name in rows) == 1
+    assert all(isinstance(v, int) and v > 0 for v in rows.values()), rows

@@ -63,7 +63,8 @@ def _close(a: torch.Tensor, b: torch.Tensor, rel: float) -> None:
 
 
 CASES = {
-    # 37 rays a batch (not a multiple of the 32-ray block), infinite far, opaque last interval
+    # 37 rays a batch (74 in all: not a multiple of the forward's 32-ray or the backward's 16-ray
+    # block; the backward's 3 programs walk 2, 2 and 1 blocks), infinite far, opaque last interval
     "default": dict(cfg=RenderConfig(proposal_samples=(12,), nerf_samples=8, mlp_hidden=16, near=0.3), n=37),
     # two proposal rounds with feature gradients, a finite far, the mean of the planes, black background
     "proposals": dict(cfg=RenderConfig(proposal_samples=(10, 9), nerf_samples=7, mlp_hidden=16, near=0.4, far=6.0,
@@ -89,6 +90,23 @@ def test_the_fused_kernels_match_the_torch_path_in_outputs_and_gradients(case):
         assert float(out.opacity.min()) > 0.5
     _close(out_planes, ref_planes, 1e-4)
     assert set(grads) == set(ref_grads) and len(grads) == 8  # both MLPs' weights and biases
+    for name in ref_grads:
+        _close(grads[name], ref_grads[name], 1e-4)
+
+
+def test_another_launch_shape_renders_the_same():
+    """Rays and warps per program change only the order of the sums (the MLP's gradient partials
+    are per program): 64-ray forward blocks (one per batch of 37 rays, half empty), 32-ray backward
+    blocks, against the default."""
+    from vq3d.render.fused import launch_shape
+
+    cfg, n = CASES["default"]["cfg"], CASES["default"]["n"]
+    planes, rays = _planes(2, 24, 16, seed=1), _rays(2, n, seed=2)
+    ref, ref_planes, ref_grads = _render(cfg, "triton", planes, rays)
+    with launch_shape(fwd_rays=64, fwd_warps=4, bwd_rays=32, bwd_warps=4):
+        out, out_planes, grads = _render(cfg, "triton", planes, rays)
+    assert torch.allclose(out.rgb, ref.rgb, atol=2e-5) and torch.allclose(out.weights, ref.weights, atol=2e-5)
+    _close(out_planes, ref_planes, 1e-4)
     for name in ref_grads:
         _close(grads[name], ref_grads[name], 1e-4)
 

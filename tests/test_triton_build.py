@@ -50,14 +50,14 @@ from vq3d.render.fused import kernel_constants, level_settings
 from vq3d.render.triton_build import compile_kernel, resource_usage
 settings = level_settings(paper().render, 32, 32, 4, 64, "sum", False)
 with pytest.raises(ValueError, match="TABLE_GRAD"):
-    compile_kernel("_level_bwd", kernel_constants(settings, 8))
+    compile_kernel("_level_bwd", kernel_constants(settings, 8, 32))
 from vq3d.render import triton_level
 constexpr_delta, triton_level.MAX_DELTA = triton_level.MAX_DELTA, 1e10
 with pytest.raises(CompilationError) as refused:
-    compile_kernel("_level_fwd", kernel_constants(settings, 8))
+    compile_kernel("_level_fwd", kernel_constants(settings, 8, 32))
 assert "MAX_DELTA" in str(refused.value.__cause__)
 triton_level.MAX_DELTA = constexpr_delta
-assert resource_usage(compile_kernel("_level_fwd", kernel_constants(settings, 8)))["registers"] > 0
+assert resource_usage(compile_kernel("_level_fwd", kernel_constants(settings, 8, 32)))["registers"] > 0
 print("ok")
 """
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}

@@ -194,15 +194,18 @@ def check_render(ctx: Context) -> dict:
     result: dict[str, Any] = {"by_kernel": rows}
     if all("train_rays_per_s" in rows.get(k, {}) for k in ("torch", "triton")):
         result["triton_speedup_train"] = round(rows["triton"]["train_rays_per_s"] / rows["torch"]["train_rays_per_s"], 2)
+        result["triton_train_rays_per_s_by_launch"] = _launch_rows(ctx)
     elif "triton" not in rows:
         result["triton"] = "not run: needs CUDA and Triton" if not ctx.cuda else "not run: Triton does not import"
     return result
 
 
-def _render_row(ctx: Context, kernel: str) -> dict:
+def _training_render(ctx: Context, kernel: str):
+    """A training render (fwd + bwd of image, depth, distortion and interlevel terms) at the
+    preset's size with `kernel`: (the render's function, the list it keeps its output in, the
+    renderer, config, planes, cameras, resolution)."""
     from dataclasses import replace
 
-    from vq3d.bench.opcount import count_operator_calls
     from vq3d.losses.stage1 import nerf_regularizers
 
     renderer, cfg, planes, cams = _render_setup(ctx)
@@ -220,6 +223,36 @@ def _render_row(ctx: Context, kernel: str) -> dict:
             loss = out.rgb.float().square().mean() + out.depth.mean() + distortion + interlevel
         loss.backward()
         kept[:] = [out]
+
+    return train_render, kept, renderer, cfg, planes, cams, res
+
+
+def _launch_rows(ctx: Context) -> dict:
+    """Training-render rays per second of the fused kernels at each candidate launch shape
+    (`vq3d.render.fused.LAUNCH_CANDIDATES`; the first is the default)."""
+    from vq3d.render.fused import LAUNCH_CANDIDATES, launch_shape
+
+    train_render, kept, *_, res = _training_render(ctx, "triton")
+    rows = {}
+    for launch in LAUNCH_CANDIDATES:
+        name = (f"fwd {launch.fwd_rays}x{launch.fwd_warps}, bwd {launch.bwd_rays}x{launch.bwd_warps}"
+                f"{' (default)' if launch == LAUNCH_CANDIDATES[0] else ''}")
+        try:
+            with launch_shape(**vars(launch)):
+                rows[name] = round(res * res / _timed(train_render, ctx))
+        except Skip:
+            raise
+        except Exception as err:  # one shape that fails to build or run keeps the others' rows
+            rows[name] = f"{type(err).__name__}: {err}"[:300]
+        kept.clear()
+    return rows
+
+
+def _render_row(ctx: Context, kernel: str) -> dict:
+    from vq3d.bench.opcount import count_operator_calls
+
+    train_render, kept, renderer, cfg, planes, cams, res = _training_render(ctx, kernel)
+    autocast = torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=ctx.cuda)
 
     def inference_render() -> None:
         with torch.no_grad(), autocast:

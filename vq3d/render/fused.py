@@ -14,9 +14,12 @@ the MLP's weights), so the backward's memory does not grow with the samples.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import os
+from dataclasses import dataclass, replace
+from typing import Iterator
 
 import torch
 from torch import Tensor
@@ -26,7 +29,53 @@ from vq3d.config import RenderConfig
 from vq3d.config.validate import fused_unsupported
 
 KERNELS = ("auto", "torch", "triton")
-BLOCK_RAYS = 32  # rays per program
+
+
+@dataclass(frozen=True)
+class Launch:
+    """How the kernels are launched: rays per program and warps of the forward and the backward,
+    and the backward's programs per streaming multiprocessor (each walks several ray blocks). A
+    GPU tuning, not a model setting: the outputs do not depend on it beyond summation order.
+
+    Defaults: what ptxas compiles without spilling to local memory at the paper's sizes for sm_90,
+    in fp32 and bf16 planes (`vq3d bench render`'s triton_build, on any machine): forward 32 rays x
+    8 warps (176-194 registers; at 4 warps fp32 planes spilled 236 B a thread), backward 16 rays x
+    8 warps (179-255 registers; 32 x 4 spilled 0.8-0.9 KB). Whether fewer spills beat more rays in
+    flight only a GPU can say: `vq3d bench gpu` times the alternatives (`LAUNCH_CANDIDATES`).
+    """
+
+    fwd_rays: int = 32
+    fwd_warps: int = 8
+    bwd_rays: int = 16
+    bwd_warps: int = 8
+    bwd_programs_per_sm: int = 8
+
+
+LAUNCH = Launch()
+# what `vq3d bench gpu` times beside the default (the launches of the first version among them)
+LAUNCH_CANDIDATES = (LAUNCH, Launch(fwd_warps=4, bwd_rays=32, bwd_warps=4), Launch(fwd_rays=16, fwd_warps=4),
+                     Launch(fwd_rays=64, bwd_rays=32))
+_launch = LAUNCH
+
+
+@contextlib.contextmanager
+def launch_shape(**changes: int) -> Iterator[Launch]:
+    """Render with another `Launch` inside the block (how `vq3d bench gpu` compares them)."""
+    global _launch
+    previous, _launch = _launch, replace(_launch, **changes)
+    try:
+        yield _launch
+    finally:
+        _launch = previous
+
+
+def backward_programs(blocks: int, device: torch.device) -> int:
+    """Programs of the backward's grid: a few per SM on a GPU; under the interpreter 3, so that
+    the tests see programs walk several blocks."""
+    if device.type == "cuda":
+        sms = torch.cuda.get_device_properties(device).multi_processor_count
+        return max(1, min(blocks, sms * _launch.bwd_programs_per_sm))
+    return max(1, min(blocks, 3))
 
 
 @functools.lru_cache(maxsize=None)
@@ -75,11 +124,13 @@ class _FusedLevel(torch.autograd.Function):
         weights = torch.empty(rays, samples, device=device, dtype=torch.float32)
         rgb = torch.zeros(rays, 3, device=device, dtype=torch.float32)
         depth, disparity, opacity = (torch.empty(rays, device=device, dtype=torch.float32) for _ in range(3))
-        grid = (max(1, math.ceil(rays / BLOCK_RAYS)),)
+        launch = _launch
+        grid = (max(1, math.ceil(rays / launch.fwd_rays)),)
         k._level_fwd[grid](table, origins, dirs, edges, w1, b1, w2, b2, weights, rgb, depth, disparity, opacity,
                            rays, settings["rays_per_batch"], settings["near"], settings["inv_far"],
-                           settings["scene_scale"], settings["plane_scale"], **kernel_constants(settings, samples))
-        ctx.settings = settings
+                           settings["scene_scale"], settings["plane_scale"],
+                           **kernel_constants(settings, samples, launch.fwd_rays), num_warps=launch.fwd_warps)
+        ctx.settings, ctx.launch = settings, launch
         ctx.save_for_backward(table, origins, dirs, edges, w1, b1, w2, b2, weights, rgb, depth, opacity)
         return weights, rgb, depth, disparity, opacity
 
@@ -104,17 +155,20 @@ class _FusedLevel(torch.autograd.Function):
         c, h = w1.shape[1], w1.shape[0]
         o = w2.shape[0]
         cp, hp, op = _pad(c), _pad(h), _pad(o)
-        blocks = max(1, math.ceil(rays / BLOCK_RAYS))
-        part_w1 = torch.empty(blocks, cp, hp, device=device, dtype=torch.float32)
-        part_b1 = torch.empty(blocks, hp, device=device, dtype=torch.float32)
-        part_w2 = torch.empty(blocks, hp, op, device=device, dtype=torch.float32)
-        part_b2 = torch.empty(blocks, op, device=device, dtype=torch.float32)
-        k._level_bwd[(blocks,)](table, origins, dirs, edges, w1, b1, w2, b2, weights, rgb, depth, opacity,
+        launch = ctx.launch
+        blocks = max(1, math.ceil(rays / launch.bwd_rays))
+        programs = backward_programs(blocks, device)
+        part_w1 = torch.empty(programs, cp, hp, device=device, dtype=torch.float32)
+        part_b1 = torch.empty(programs, hp, device=device, dtype=torch.float32)
+        part_w2 = torch.empty(programs, hp, op, device=device, dtype=torch.float32)
+        part_b2 = torch.empty(programs, op, device=device, dtype=torch.float32)
+        k._level_bwd[(programs,)](table, origins, dirs, edges, w1, b1, w2, b2, weights, rgb, depth, opacity,
                                 g_weights, g_rgb, g_depth, g_disparity, g_opacity,
                                 grad_table, part_w1, part_b1, part_w2, part_b2,
-                                rays, settings["rays_per_batch"], settings["near"], settings["inv_far"],
+                                rays, blocks, programs, settings["rays_per_batch"], settings["near"], settings["inv_far"],
                                 settings["scene_scale"], settings["plane_scale"],
-                                TABLE_GRAD=table_grad, **kernel_constants(settings, samples))
+                                TABLE_GRAD=table_grad, **kernel_constants(settings, samples, launch.bwd_rays),
+                                num_warps=launch.bwd_warps)
         grad_w1 = part_w1.sum(0)[:c, :h].t().to(w1.dtype)
         grad_b1 = part_b1.sum(0)[:h].to(b1.dtype)
         grad_w2 = part_w2.sum(0)[:h, :o].t().to(w2.dtype)
@@ -133,10 +187,11 @@ def level_settings(cfg: RenderConfig, channels: int, hidden: int, outputs: int, 
             "l2": cfg.contraction == "l2", "opaque_last": bool(opaque_last)}
 
 
-def kernel_constants(settings: dict, samples: int) -> dict:
+def kernel_constants(settings: dict, samples: int, block: int) -> dict:
+    """The kernels' compile-time constants for a level of `samples` samples, `block` rays per program."""
     return dict(S=samples, C=settings["channels"], H=settings["hidden"], O=settings["outputs"],
                 CP=_pad(settings["channels"]), HP=_pad(settings["hidden"]), OP=_pad(settings["outputs"]),
-                RES=settings["resolution"], BLOCK=BLOCK_RAYS, L2=settings["l2"], OPAQUE_LAST=settings["opaque_last"])
+                RES=settings["resolution"], BLOCK=block, L2=settings["l2"], OPAQUE_LAST=settings["opaque_last"])
 
 
 def fused_level(table: Tensor, origins: Tensor, dirs: Tensor, edges: Tensor, mlp, cfg: RenderConfig,

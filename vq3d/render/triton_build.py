@@ -24,11 +24,11 @@ import torch
 
 from vq3d.config import Config
 from vq3d.config.io import from_dict, to_dict
-from vq3d.render.fused import BLOCK_RAYS, kernel_constants, level_settings
+from vq3d.render.fused import LAUNCH, Launch, kernel_constants, level_settings
 
 # the kernels' scalar arguments and their Triton types; every other non-constexpr argument is a
 # pointer to fp32 but for the planes' table, whose dtype is the features'
-_SCALARS = {"n_rays": "i32", "rays_per_batch": "i32", "near": "fp32", "inv_far": "fp32", "scene_scale": "fp32",
+_SCALARS = {"n_rays": "i32", "n_blocks": "i32", "programs": "i32", "rays_per_batch": "i32", "near": "fp32", "inv_far": "fp32", "scene_scale": "fp32",
             "plane_scale": "fp32"}
 _POINTER_DTYPES = {torch.float32: "*fp32", torch.bfloat16: "*bf16", torch.float16: "*fp16"}
 _PTXAS_LINE = {"registers": re.compile(r"Used (\d+) registers"),
@@ -37,10 +37,12 @@ _PTXAS_LINE = {"registers": re.compile(r"Used (\d+) registers"),
                "stack_bytes": re.compile(r"(\d+) bytes stack frame")}
 
 
-def compile_kernel(name: str, constants: dict, table_dtype: torch.dtype = torch.float32, arch: int = 90):
+def compile_kernel(name: str, constants: dict, table_dtype: torch.dtype = torch.float32, arch: int = 90,
+                   warps: int = 4):
     """Triton's compiled kernel `name` ("_level_fwd" or "_level_bwd") for CUDA compute
-    capability `arch` (90: H100/H200), specialised on `constants` (`kernel_constants`, plus
-    TABLE_GRAD for the backward). Raises triton's CompilationError where the GPU compiler refuses."""
+    capability `arch` (90: H100/H200) at `warps` warps per program, specialised on `constants`
+    (`kernel_constants`, plus TABLE_GRAD for the backward). Raises triton's CompilationError
+    where the GPU compiler refuses."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -64,7 +66,7 @@ def compile_kernel(name: str, constants: dict, table_dtype: torch.dtype = torch.
             signature[arg] = _POINTER_DTYPES[table_dtype] if arg == "table" else "*fp32"
     constexprs = {(kernel.arg_names.index(arg),): value for arg, value in constants.items()}
     source = ASTSource(kernel, signature, constexprs=constexprs)
-    return triton.compile(source, target=GPUTarget("cuda", arch, 32))
+    return triton.compile(source, target=GPUTarget("cuda", arch, 32), options={"num_warps": warps})
 
 
 def interpreting() -> bool:
@@ -93,13 +95,16 @@ def resource_usage(compiled, arch: int = 90) -> dict:
 
 
 def build_report(config: Config, arch: int = 90,
-                 table_dtypes: tuple[torch.dtype, ...] = (torch.float32, torch.bfloat16)) -> dict:
+                 table_dtypes: tuple[torch.dtype, ...] = (torch.float32, torch.bfloat16),
+                 launch: Launch = LAUNCH) -> dict:
     """Each kernel of each of the config's render levels (proposal: density only; NeRF: density and colour)
     compiled for `arch` with planes of each dtype, and what the compiler reports. Keys
     "<level>/<dtype>/<fwd|bwd>"; the proposal level's backward is compiled as the training render
-    runs it, without the planes' gradient unless `render.proposal_feature_grad`."""
+    runs it, without the planes' gradient unless `render.proposal_feature_grad`. `launch`: the
+    rays and warps per program of each kernel."""
     if interpreting():
-        request = {"config": to_dict(config), "arch": arch, "dtypes": [str(d).removeprefix("torch.") for d in table_dtypes]}
+        request = {"config": to_dict(config), "arch": arch, "dtypes": [str(d).removeprefix("torch.") for d in table_dtypes],
+                   "launch": vars(launch)}
         env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
         child = subprocess.run([sys.executable, "-m", "vq3d.render.triton_build"], input=json.dumps(request),
                                capture_output=True, text=True, env=env)
@@ -110,15 +115,16 @@ def build_report(config: Config, arch: int = 90,
     opaque_last = cfg.background == "none"
     levels = {"proposal": (cfg.proposal_samples[0], 1, cfg.proposal_feature_grad),
               "nerf": (cfg.nerf_samples, 4, True)} if cfg.proposal_samples else {"nerf": (cfg.nerf_samples, 4, True)}
-    report: dict = {"arch": f"sm_{arch}", "rays_per_program": BLOCK_RAYS}
+    report: dict = {"arch": f"sm_{arch}", "launch": vars(launch)}
     for level, (samples, outputs, table_grad) in levels.items():
         settings = level_settings(cfg, model.plane_channels, cfg.mlp_hidden, outputs, model.plane_resolution,
                                   cfg.plane_reduce, opaque_last)
-        constants = kernel_constants(settings, samples)
         for dtype in table_dtypes:
             dtype_name = str(dtype).removeprefix("torch.")
-            for name, extra in (("fwd", {}), ("bwd", {"TABLE_GRAD": table_grad})):
-                compiled = compile_kernel(f"_level_{name}", {**constants, **extra}, dtype, arch)
+            for name, rays, warps, extra in (("fwd", launch.fwd_rays, launch.fwd_warps, {}),
+                                             ("bwd", launch.bwd_rays, launch.bwd_warps, {"TABLE_GRAD": table_grad})):
+                constants = {**kernel_constants(settings, samples, rays), **extra}
+                compiled = compile_kernel(f"_level_{name}", constants, dtype, arch, warps)
                 report[f"{level}/{dtype_name}/{name}"] = resource_usage(compiled, arch)
     return report
 
@@ -126,5 +132,5 @@ def build_report(config: Config, arch: int = 90,
 if __name__ == "__main__":  # build_report's child process: a JSON request on stdin, the report on stdout
     _request = json.load(sys.stdin)
     _report = build_report(from_dict(_request["config"]), _request["arch"],
-                           tuple(getattr(torch, name) for name in _request["dtypes"]))
+                           tuple(getattr(torch, name) for name in _request["dtypes"]), Launch(**_request["launch"]))
     print(json.dumps(_report))

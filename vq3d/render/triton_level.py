@@ -213,94 +213,100 @@ def _level_bwd(table, origins, dirs, edges, w1, b1, w2, b2,
                weights, rgb, depth, opacity,
                g_weights, g_rgb, g_depth, g_disparity, g_opacity,
                grad_table, part_w1, part_b1, part_w2, part_b2,
-               n_rays, rays_per_batch, near, inv_far, scene_scale, plane_scale,
+               n_rays, n_blocks, programs, rays_per_batch, near, inv_far, scene_scale, plane_scale,
                S: tl.constexpr, C: tl.constexpr, H: tl.constexpr, O: tl.constexpr,
                CP: tl.constexpr, HP: tl.constexpr, OP: tl.constexpr, RES: tl.constexpr,
                BLOCK: tl.constexpr, L2: tl.constexpr, OPAQUE_LAST: tl.constexpr,
                TABLE_GRAD: tl.constexpr):
+    # a program walks the ray blocks pid, pid + programs, ...: the MLP's weights are loaded and its
+    # gradients' partial sums written once per program, not per block (their buffer is programs x
+    # the MLP's size, however many rays)
     pid = tl.program_id(0)
-    ray = pid * BLOCK + tl.arange(0, BLOCK)
-    live = ray < n_rays
-    ray64 = ray.to(tl.int64)
     cols = tl.arange(0, CP)
-    lane_mask = live[:, None] & (cols[None, :] < C)
     col_o = tl.arange(0, OP)
     col_h = tl.arange(0, HP)
-    batch_base = (ray64 // rays_per_batch) * (3 * RES * RES)
-    ox, oy, oz, dx, dy, dz = _load_rays(origins, dirs, ray64, live)
     w1t, bias1, w2t, bias2 = _load_mlp(w1, b1, w2, b2, C, H, O, CP, HP, OP)
-    # the rays' outputs and their gradients
-    rgb_mask = live[:, None] & (col_o[None, :] >= 1) & (col_o[None, :] < O)
-    rgb_ptr = ray64[:, None] * 3 + (col_o[None, :] - 1)
-    g_col = tl.load(g_rgb + rgb_ptr, mask=rgb_mask, other=0.0)  # (BLOCK, OP): colour grads in columns 1..3
-    out_rgb = tl.load(rgb + rgb_ptr, mask=rgb_mask, other=0.0)
-    opac = tl.load(opacity + ray64, mask=live, other=1.0)
-    dep = tl.load(depth + ray64, mask=live, other=0.0)
-    g_dep = tl.load(g_depth + ray64, mask=live, other=0.0)
-    g_dis = tl.load(g_disparity + ray64, mask=live, other=0.0)
-    g_op = tl.load(g_opacity + ray64, mask=live, other=0.0)
-    clamped = opac < 1e-6
-    opac_c = tl.maximum(opac, 1e-6)
-    # pass 1: total = sum_i G_i w_i, G_i = dL/dw_i through every output (no recomputation: the
-    # colour part is g_rgb . rgb, an output)
-    total = tl.sum(g_col * out_rgb, axis=1)
-    s_lo = tl.load(edges + ray64 * (S + 1), mask=live, other=0.0)
-    for k in range(S):
-        s_hi = tl.load(edges + ray64 * (S + 1) + k + 1, mask=live, other=1.0)
-        disp_mid, t_mid, _ = _interval(s_lo, s_hi, near, inv_far)
-        w = tl.load(weights + ray64 * S + k, mask=live, other=0.0)
-        gw = tl.load(g_weights + ray64 * S + k, mask=live, other=0.0)
-        d_depth = tl.where(clamped, t_mid / 1e-6, (t_mid - dep) / opac_c)
-        total += w * (gw + g_op + g_dis * (disp_mid - inv_far) + g_dep * d_depth)
-        s_lo = s_hi
-    # pass 2: recompute each sample, back-propagate compositing, the MLP and the lookups
     acc_w1 = tl.zeros([CP, HP], dtype=tl.float32)
     acc_b1 = tl.zeros([HP], dtype=tl.float32)
     acc_w2 = tl.zeros([HP, OP], dtype=tl.float32)
     acc_b2 = tl.zeros([OP], dtype=tl.float32)
-    through = tl.zeros([BLOCK], dtype=tl.float32)
-    prefix = tl.zeros([BLOCK], dtype=tl.float32)
-    s_lo = tl.load(edges + ray64 * (S + 1), mask=live, other=0.0)
-    for k in range(S):
-        s_hi = tl.load(edges + ray64 * (S + 1) + k + 1, mask=live, other=1.0)
-        disp_mid, t_mid, delta = _interval(s_lo, s_hi, near, inv_far)
-        ux, uy, uz = _sample_point(ox, oy, oz, dx, dy, dz, t_mid, scene_scale, L2)
-        x, lx, fx, ly, fy, lz, fz = _features(table, batch_base, ux, uy, uz, cols, lane_mask, plane_scale, RES, C)
-        z1, h, o0, density, colour = _field(x, w1t, bias1, w2t, bias2, col_o)
-        optical = density * delta
-        alpha = _one_minus_exp_neg(optical)
-        after = tl.exp(-(through + optical))  # transmittance after the sample
-        if OPAQUE_LAST:
-            alpha = tl.where(k == S - 1, 1.0, alpha)
-            after = tl.where(k == S - 1, 0.0, after)
-        w = tl.exp(-through) * alpha
-        through += optical
-        gw = tl.load(g_weights + ray64 * S + k, mask=live, other=0.0)
-        d_depth = tl.where(clamped, t_mid / 1e-6, (t_mid - dep) / opac_c)
-        G = gw + g_op + g_dis * (disp_mid - inv_far) + g_dep * d_depth + tl.sum(g_col * colour, axis=1)
-        prefix += G * w
-        # sum_{i > k} G_i w_i; exactly 0 after the last sample, whose interval may be 1e10 long
-        # (far = inf), where the rounding of total - prefix would be multiplied by it
-        later = tl.where(k == S - 1, 0.0, total - prefix)
-        d_density = delta * (G * after - later)  # (vq3d.render.compositing._AlphaWeights)
-        d_o0 = d_density / (1.0 + tl.exp(-o0))  # density = softplus(o0): its slope sigmoid(o0)
-        d_o = tl.where(col_o[None, :] == 0, d_o0[:, None], g_col * w[:, None] * colour * (1.0 - colour))
-        d_o = tl.where(live[:, None], d_o, 0.0)
-        acc_w2 += tl.dot(tl.trans(h), d_o, input_precision="ieee")
-        acc_b2 += tl.sum(d_o, axis=0)
-        d_h = tl.dot(d_o, tl.trans(w2t), input_precision="ieee")
-        d_z1 = d_h / (1.0 + tl.exp(-z1))  # softplus' = sigmoid
-        d_z1 = tl.where(col_h[None, :] < H, d_z1, 0.0)
-        acc_w1 += tl.dot(tl.trans(x), d_z1, input_precision="ieee")
-        acc_b1 += tl.sum(d_z1, axis=0)
-        if TABLE_GRAD:
-            d_x = tl.dot(d_z1, tl.trans(w1t), input_precision="ieee") * plane_scale
-            plane = RES * RES
-            _scatter_plane(grad_table, batch_base, lx, fx, ly, fy, d_x, cols, lane_mask, RES, C)
-            _scatter_plane(grad_table, batch_base + plane, ly, fy, lz, fz, d_x, cols, lane_mask, RES, C)
-            _scatter_plane(grad_table, batch_base + 2 * plane, lz, fz, lx, fx, d_x, cols, lane_mask, RES, C)
-        s_lo = s_hi
-    # per-block partial sums of the MLP's gradients, as W1^T, b1, W2^T, b2 (padded)
+    block = pid
+    while block < n_blocks:  # a while loop: Triton's interpreter cannot range() over a runtime scalar
+        ray = block * BLOCK + tl.arange(0, BLOCK)
+        live = ray < n_rays
+        ray64 = ray.to(tl.int64)
+        lane_mask = live[:, None] & (cols[None, :] < C)
+        batch_base = (ray64 // rays_per_batch) * (3 * RES * RES)
+        ox, oy, oz, dx, dy, dz = _load_rays(origins, dirs, ray64, live)
+        # the rays' outputs and their gradients
+        rgb_mask = live[:, None] & (col_o[None, :] >= 1) & (col_o[None, :] < O)
+        rgb_ptr = ray64[:, None] * 3 + (col_o[None, :] - 1)
+        g_col = tl.load(g_rgb + rgb_ptr, mask=rgb_mask, other=0.0)  # (BLOCK, OP): colour grads in columns 1..3
+        out_rgb = tl.load(rgb + rgb_ptr, mask=rgb_mask, other=0.0)
+        opac = tl.load(opacity + ray64, mask=live, other=1.0)
+        dep = tl.load(depth + ray64, mask=live, other=0.0)
+        g_dep = tl.load(g_depth + ray64, mask=live, other=0.0)
+        g_dis = tl.load(g_disparity + ray64, mask=live, other=0.0)
+        g_op = tl.load(g_opacity + ray64, mask=live, other=0.0)
+        clamped = opac < 1e-6
+        opac_c = tl.maximum(opac, 1e-6)
+        # pass 1: total = sum_i G_i w_i, G_i = dL/dw_i through every output (no recomputation: the
+        # colour part is g_rgb . rgb, an output)
+        total = tl.sum(g_col * out_rgb, axis=1)
+        s_lo = tl.load(edges + ray64 * (S + 1), mask=live, other=0.0)
+        for k in range(S):
+            s_hi = tl.load(edges + ray64 * (S + 1) + k + 1, mask=live, other=1.0)
+            disp_mid, t_mid, _ = _interval(s_lo, s_hi, near, inv_far)
+            w = tl.load(weights + ray64 * S + k, mask=live, other=0.0)
+            gw = tl.load(g_weights + ray64 * S + k, mask=live, other=0.0)
+            d_depth = tl.where(clamped, t_mid / 1e-6, (t_mid - dep) / opac_c)
+            total += w * (gw + g_op + g_dis * (disp_mid - inv_far) + g_dep * d_depth)
+            s_lo = s_hi
+        # pass 2: recompute each sample, back-propagate compositing, the MLP and the lookups
+        through = tl.zeros([BLOCK], dtype=tl.float32)
+        prefix = tl.zeros([BLOCK], dtype=tl.float32)
+        s_lo = tl.load(edges + ray64 * (S + 1), mask=live, other=0.0)
+        for k in range(S):
+            s_hi = tl.load(edges + ray64 * (S + 1) + k + 1, mask=live, other=1.0)
+            disp_mid, t_mid, delta = _interval(s_lo, s_hi, near, inv_far)
+            ux, uy, uz = _sample_point(ox, oy, oz, dx, dy, dz, t_mid, scene_scale, L2)
+            x, lx, fx, ly, fy, lz, fz = _features(table, batch_base, ux, uy, uz, cols, lane_mask, plane_scale, RES, C)
+            z1, h, o0, density, colour = _field(x, w1t, bias1, w2t, bias2, col_o)
+            optical = density * delta
+            alpha = _one_minus_exp_neg(optical)
+            after = tl.exp(-(through + optical))  # transmittance after the sample
+            if OPAQUE_LAST:
+                alpha = tl.where(k == S - 1, 1.0, alpha)
+                after = tl.where(k == S - 1, 0.0, after)
+            w = tl.exp(-through) * alpha
+            through += optical
+            gw = tl.load(g_weights + ray64 * S + k, mask=live, other=0.0)
+            d_depth = tl.where(clamped, t_mid / 1e-6, (t_mid - dep) / opac_c)
+            G = gw + g_op + g_dis * (disp_mid - inv_far) + g_dep * d_depth + tl.sum(g_col * colour, axis=1)
+            prefix += G * w
+            # sum_{i > k} G_i w_i; exactly 0 after the last sample, whose interval may be 1e10 long
+            # (far = inf), where the rounding of total - prefix would be multiplied by it
+            later = tl.where(k == S - 1, 0.0, total - prefix)
+            d_density = delta * (G * after - later)  # (vq3d.render.compositing._AlphaWeights)
+            d_o0 = d_density / (1.0 + tl.exp(-o0))  # density = softplus(o0): its slope sigmoid(o0)
+            d_o = tl.where(col_o[None, :] == 0, d_o0[:, None], g_col * w[:, None] * colour * (1.0 - colour))
+            d_o = tl.where(live[:, None], d_o, 0.0)
+            acc_w2 += tl.dot(tl.trans(h), d_o, input_precision="ieee")
+            acc_b2 += tl.sum(d_o, axis=0)
+            d_h = tl.dot(d_o, tl.trans(w2t), input_precision="ieee")
+            d_z1 = d_h / (1.0 + tl.exp(-z1))  # softplus' = sigmoid
+            d_z1 = tl.where(col_h[None, :] < H, d_z1, 0.0)
+            acc_w1 += tl.dot(tl.trans(x), d_z1, input_precision="ieee")
+            acc_b1 += tl.sum(d_z1, axis=0)
+            if TABLE_GRAD:
+                d_x = tl.dot(d_z1, tl.trans(w1t), input_precision="ieee") * plane_scale
+                plane = RES * RES
+                _scatter_plane(grad_table, batch_base, lx, fx, ly, fy, d_x, cols, lane_mask, RES, C)
+                _scatter_plane(grad_table, batch_base + plane, ly, fy, lz, fz, d_x, cols, lane_mask, RES, C)
+                _scatter_plane(grad_table, batch_base + 2 * plane, lz, fz, lx, fx, d_x, cols, lane_mask, RES, C)
+            s_lo = s_hi
+        block += programs
+    # per-program partial sums of the MLP's gradients, as W1^T, b1, W2^T, b2 (padded)
     c_idx = tl.arange(0, CP)
     tl.store(part_w1 + pid * CP * HP + c_idx[:, None] * HP + col_h[None, :], acc_w1)
     tl.store(part_b1 + pid * HP + col_h, acc_b1)
