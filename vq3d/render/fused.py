@@ -69,12 +69,12 @@ def launch_shape(**changes: int) -> Iterator[Launch]:
         _launch = previous
 
 
-def backward_programs(blocks: int, device: torch.device) -> int:
-    """Programs of the backward's grid: a few per SM on a GPU; under the interpreter 3, so that
-    the tests see programs walk several blocks."""
+def backward_programs(blocks: int, device: torch.device, launch: Launch) -> int:
+    """Programs of the backward's grid: `launch.bwd_programs_per_sm` per SM on a GPU; under the
+    interpreter 3, so that the tests see programs walk several blocks."""
     if device.type == "cuda":
         sms = torch.cuda.get_device_properties(device).multi_processor_count
-        return max(1, min(blocks, sms * _launch.bwd_programs_per_sm))
+        return max(1, min(blocks, sms * launch.bwd_programs_per_sm))
     return max(1, min(blocks, 3))
 
 
@@ -157,7 +157,7 @@ class _FusedLevel(torch.autograd.Function):
         cp, hp, op = _pad(c), _pad(h), _pad(o)
         launch = ctx.launch
         blocks = max(1, math.ceil(rays / launch.bwd_rays))
-        programs = backward_programs(blocks, device)
+        programs = backward_programs(blocks, device, launch)
         part_w1 = torch.empty(programs, cp, hp, device=device, dtype=torch.float32)
         part_b1 = torch.empty(programs, hp, device=device, dtype=torch.float32)
         part_w2 = torch.empty(programs, hp, op, device=device, dtype=torch.float32)
