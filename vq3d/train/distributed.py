@@ -119,8 +119,11 @@ def is_distributed() -> bool:
 
 
 def cleanup() -> None:
-    """Leave the process group (safe to call when none was joined)."""
+    """Leave the process group (safe to call when none was joined). The ranks meet at a barrier
+    first: a gloo rank that tears down while its peer still sends aborts that peer ("terminate
+    called without an active exception", seen in CI)."""
     if dist.is_available() and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
 
 
