@@ -119,11 +119,13 @@ def is_distributed() -> bool:
 
 
 def cleanup() -> None:
-    """Leave the process group (safe to call when none was joined). The ranks meet at a barrier
-    first: a gloo rank that tears down while its peer still sends aborts that peer ("terminate
-    called without an active exception", seen in CI)."""
+    """Leave the process group (safe to call when none was joined). On a normal exit the ranks
+    meet at a barrier first: a gloo rank that tears down while its peer still sends aborts that
+    peer ("terminate called without an active exception", seen in CI). While an exception
+    propagates (this is called from `finally`) a peer may never arrive, so there is no barrier."""
     if dist.is_available() and dist.is_initialized():
-        dist.barrier()
+        if sys.exc_info()[0] is None:
+            dist.barrier()
         dist.destroy_process_group()
 
 
