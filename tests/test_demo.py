@@ -358,8 +358,11 @@ def test_stage2_steps_are_fitted_to_its_budget_once(tmp_path):
     assert "steps" not in json.loads(schedule.layout.partial("stage1").read_text())
 
 
-def test_probe_measures_a_stage2_training_step():
-    from vq3d.demo.plan import probe_costs
+def test_probe_measures_a_stage2_training_step_and_the_synth_ray_caster():
+    from vq3d.demo.plan import DemoSizes, estimate_fixed_seconds, probe_costs
 
     costs = probe_costs(load_config("tiny"))
-    assert costs.stage2_step > 0.0
+    assert costs.stage2_step > 0.0 and costs.synth_scene > 0.0
+    sizes = DemoSizes(n_scenes=100, resolution=16, views=4, eval_scenes=10, recon_scenes=1, generated=5, classes=5,
+                      frames=6, mesh_resolution=8, samples_per_ray=16, synth_done=40)
+    assert estimate_fixed_seconds(sizes, costs)["synth"] == pytest.approx(60 * costs.synth_scene)

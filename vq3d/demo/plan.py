@@ -20,11 +20,15 @@ import torch
 
 from vq3d.config import Config
 
-SYNTH_SECONDS_PER_IMAGE_32 = 0.004  # the exact ray caster, per 32x32 image (2 CPU cores, idle)
+SYNTH_PROBE_SCENES = 3  # scenes ray-cast to time the synth phase (after one warm-up scene)
 TRAIN_OVERHEAD_SECONDS = 15.0  # dataset build, model set-up, last step's overrun, final checkpoint
 REPORT_SECONDS = 3.0
-LOAD_SECONDS = 2.0  # a phase's fixed start: loading models, building datasets
-FILES_SECONDS = 1.0  # writing one scene's files: PNGs, the MP4 (an ffmpeg process), the GIF, triplanes
+# a phase's fixed start (loading models, building datasets) and the writing of one scene's files
+# (PNGs, the MP4 from an ffmpeg process, the GIF, triplanes): about twice what a fresh-clone demo
+# measured on 2 cores (docs/results.md, "The demo in 15 minutes"), since they come after Stage 2,
+# where an overrun is the demo's overrun
+LOAD_SECONDS = 1.0
+FILES_SECONDS = 0.25
 MIN_TRAIN_MINUTES = 0.2  # a budget below this for either stage is refused up front
 FIXED_SHARE = 0.35  # the fixed phases may take this share of the budget before their counts shrink
 # phases whose work shrinks when the budget is short: first the metrics' counts, then the visuals
@@ -44,6 +48,7 @@ class UnitCosts:
     sample_sequence: float  # one Stage-2 sequence sampled (with the KV cache)
     probe_seconds: float  # what measuring took
     stage2_step: float = 0.0  # one Stage-2 training step (forward, backward, AdamW) at the preset batch
+    synth_scene: float = 0.0  # one synthetic scene ray-cast (canonical + novel views) at the run's resolution
 
     def as_dict(self) -> dict[str, float]:
         return asdict(self)
@@ -67,9 +72,10 @@ class DemoSizes:
 
 
 @torch.no_grad()
-def probe_costs(cfg: Config, device: str = "cpu", batch: int = 4, num_classes: int = 5) -> UnitCosts:
+def probe_costs(cfg: Config, device: str = "cpu", batch: int = 4, num_classes: int = 5, views: int = 4) -> UnitCosts:
     """Time one batched render, one single render, one encode and one sampled sequence of an
-    untrained model of `cfg`'s sizes (warm-up call first); a few seconds for the demo preset."""
+    untrained model of `cfg`'s sizes, a Stage-2 step, and the ray casting of a few synthetic
+    scenes of `views` novel views (warm-up call first); a few seconds for the demo preset."""
     from vq3d.models.gpt import GPT
     from vq3d.models.sampling import sample
     from vq3d.models.stage1 import Stage1Model
@@ -95,8 +101,25 @@ def probe_costs(cfg: Config, device: str = "cpu", batch: int = 4, num_classes: i
     labels = torch.zeros(1, dtype=torch.long, device=device)
     sample_sequence = timed(lambda: sample(gpt, 1, labels, generator=torch.Generator(device).manual_seed(0)))
     stage2_step = _time_stage2_step(gpt.train(), cfg, gen, timed)
+    synth_scene = _time_synth_scene(cfg, views, timed)
     return UnitCosts(render_batched, render_single, encode, sample_sequence, time.perf_counter() - start,
-                     stage2_step)
+                     stage2_step, synth_scene)
+
+
+def _time_synth_scene(cfg: Config, views: int, timed) -> float:
+    """Seconds to ray-cast one synthetic scene as `vq3d synth` does (files are written by a
+    thread beside it), the mean of SYNTH_PROBE_SCENES after a warm-up."""
+    from vq3d.data.synthetic import CameraSettings, sample_scene
+    from vq3d.data.synthetic_writer import render_for_disk
+
+    r = cfg.render
+    camera = CameraSettings(r.camera_distance, r.fov_deg, r.sampling_radius)
+
+    def cast(index: int) -> None:
+        render_for_disk(sample_scene(0, index, views, camera), cfg.data.resolution, camera.supersample)
+
+    cast(0)
+    return sum(timed(lambda i=i: cast(i)) for i in range(1, 1 + SYNTH_PROBE_SCENES)) / SYNTH_PROBE_SCENES
 
 
 def _time_stage2_step(gpt, cfg: Config, gen: torch.Generator, timed) -> float:
@@ -124,12 +147,11 @@ def estimate_fixed_seconds(sizes: DemoSizes, costs: UnitCosts) -> dict[str, floa
     n_train = s.n_scenes - n_test
     n_eval = min(s.eval_scenes, n_test) if s.eval_scenes else n_test
     n_recon = min(s.recon_scenes, n_test)
-    pixels = (s.resolution / 32.0) ** 2
     # a scene's views in `render_scene_files`: canonical + 4 rim views + the orbit
     scene_files = (1 + 4 + s.frames) * c.render_single + FILES_SECONDS
     mesh = s.mesh_resolution**3 / (s.resolution**2 * s.samples_per_ray) * c.render_single  # density queries
     return {
-        "synth": max(0, s.n_scenes - s.synth_done) * (1 + s.views) * pixels * SYNTH_SECONDS_PER_IMAGE_32,
+        "synth": max(0, s.n_scenes - s.synth_done) * c.synth_scene,
         "eval_stage1": LOAD_SECONDS + n_eval * ((1 + s.views) * c.render_batched + c.encode),
         "reconstruct": 2 * LOAD_SECONDS + n_recon * (scene_files + mesh + (1 + s.views) * c.render_single),
         "tokens": LOAD_SECONDS + n_train * c.encode,

@@ -122,7 +122,7 @@ class Schedule:
         """Measure unit costs, estimate the fixed phases (shrunk to their share), split the rest
         between the training stages; UserError when --minutes cannot fit both. Returns the plan."""
         todo = [n for n in self.names if n != "report" and finished(self.layout, n) is None]
-        self.costs = plan.probe_costs(self.cfg, self.settings["device"]) if todo else None
+        self.costs = plan.probe_costs(self.cfg, self.settings["device"], views=self.settings["views"]) if todo else None
         estimates = self.estimates()
         if self.costs is not None:
             estimates = self.shrink(estimates, self.total_seconds - self.reserve, plan.FIXED_SHARE)
@@ -254,7 +254,7 @@ class Schedule:
         """Update the slowdown (measured / estimated time of this run's fixed phases so far) and
         re-estimate the phases still to come with it."""
         estimate = self.display.estimates.get(name, 0.0) / self.slowdown
-        if name in ("report", "synth") or estimate <= 0:  # synth's estimate is a constant, not measured
+        if name == "report" or estimate <= 0:
             return
         self._measured[name] = (seconds, estimate)
         measured = sum(m for m, _ in self._measured.values())
