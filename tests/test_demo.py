@@ -18,6 +18,7 @@ from vq3d.config import load_config
 from vq3d.demo import run_demo
 from vq3d.demo.optional import OptionalSizes
 from vq3d.demo.plan import (
+    STAGE1_FRACTION,
     TRAIN_OVERHEAD_SECONDS,
     UnitCosts,
     default_scene_count,
@@ -91,7 +92,13 @@ def test_training_is_bounded_by_the_given_steps_and_records_its_budget(demo):
     assert plan["training_seconds"]["stage1"] > 0 and plan["training_seconds"]["stage2"] > 0
     # the planned split: Stage 1 got stage1_fraction of the training time at the start
     t = plan["training_seconds"]
-    assert t["stage1"] / (t["stage1"] + t["stage2"]) == pytest.approx(0.7, abs=0.01)
+    assert t["stage1"] / (t["stage1"] + t["stage2"]) == pytest.approx(STAGE1_FRACTION, abs=0.01)
+
+
+def test_the_cli_help_states_the_stage1_share_that_the_demo_uses(capsys):
+    with pytest.raises(SystemExit):
+        main(["demo", "--help"])
+    assert f"default {STAGE1_FRACTION};" in " ".join(capsys.readouterr().out.split())
 
 
 def _data_uris(page, mime):

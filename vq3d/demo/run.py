@@ -211,7 +211,7 @@ def run_demo(out_dir: str | Path, minutes: float = 15.0, preset: str = "demo",
              stage1_minutes: float | None = None, stage2_minutes: float | None = None,
              n_scenes: int | None = None, resolution: int | None = None, seed: int = 0, resume: bool = True,
              *, views: int = 4,
-             stage1_steps: int | None = None, stage2_steps: int | None = None, stage1_fraction: float = 0.7,
+             stage1_steps: int | None = None, stage2_steps: int | None = None, stage1_fraction: float | None = None,
              eval_scenes: int = 200,
              recon_scenes: int = 4, samples_per_class: int = 2, frames: int = 24, mesh_resolution: int = 32,
              optional: OptionalSizes | None = None, config_files: list[str] = (), overrides: list[str] = (),
@@ -222,12 +222,14 @@ def run_demo(out_dir: str | Path, minutes: float = 15.0, preset: str = "demo",
     (2000 from 10 minutes on).
 
     Budget: unit costs are measured on this machine (`plan.probe_costs`), the fixed phases are
-    estimated from the scene and sample counts, and Stage 1 gets `stage1_fraction` of the rest,
+    estimated from the scene and sample counts, and Stage 1 gets `stage1_fraction` (None:
+    `plan.STAGE1_FRACTION`) of the rest,
     Stage 2 what is left when it starts (`stage1_minutes` / `stage2_minutes` fix them instead;
     `stage1_steps` / `stage2_steps` bound the steps as well). Returns {"out", "index", "phases":
     {name: marker}, "stage1_metrics", "plan", "seconds"}.
     """
     started = time.monotonic()
+    stage1_fraction = plan.STAGE1_FRACTION if stage1_fraction is None else stage1_fraction
     layout = DemoLayout(Path(out_dir))
     if n_scenes is None:  # a rerun keeps the dataset it made, whatever --minutes says now
         previous = (read_json(layout.state) or {}).get("settings", {})
@@ -266,7 +268,7 @@ def run_demo(out_dir: str | Path, minutes: float = 15.0, preset: str = "demo",
 
 
 # `vq3d demo` flags whose value differs from these defaults appear in the recorded command
-FLAG_DEFAULTS = {"views": 4, "stage1_fraction": 0.7, "eval_scenes": 200, "recon_scenes": 4,
+FLAG_DEFAULTS = {"views": 4, "stage1_fraction": plan.STAGE1_FRACTION, "eval_scenes": 200, "recon_scenes": 4,
                  "samples_per_class": 2, "frames": 24, "mesh_resolution": 32, "device": "cpu"}
 FLAG_NAMES = {"mesh_resolution": "mesh-res"}
 
