@@ -18,7 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from vq3d.demo.plan import LOAD_SECONDS
 from vq3d.utils.io import atomic_write_json
+
+PNG_DECODE_SECONDS = 0.0002  # one 32x32 view read for the feature net (1.7 s for 9,000 on 2 cores)
 
 
 @dataclass
@@ -70,15 +73,17 @@ def available_phases() -> list[tuple[str, str]]:
 
 
 def estimate_seconds(name: str, sizes: OptionalSizes, costs: Any, n_train: int, views: int) -> float:
-    """Rough seconds of an optional phase from the unit costs of `plan.probe_costs`."""
+    """Rough seconds of an optional phase from the unit costs of `plan.probe_costs` (a fresh-clone
+    demo on 2 cores measured 31.7, 2.8 and 2.0 s for the three, where the 5 s start-up and 1 ms PNG
+    decodes assumed before gave 42, 8.7 and 8.6 s)."""
     if name == "features":
-        loading = n_train * (1 + views) * 0.001  # PNG decodes
-        return 3.0 + loading + sizes.features_minutes * 60.0
+        loading = n_train * (1 + views) * PNG_DECODE_SECONDS
+        return LOAD_SECONDS + loading + sizes.features_minutes * 60.0
     if name == "eval_generation":  # s1: encode + canonical + novel; s2: sample + canonical + novel
-        return 5.0 + sizes.generation_n * (costs.encode + 4 * costs.render_batched + costs.sample_sequence)
+        return LOAD_SECONDS + sizes.generation_n * (costs.encode + 4 * costs.render_batched + costs.sample_sequence)
     if name == "eval_radius":  # model renders + exact ground-truth re-renders at each radius, then samples
         per_radius = 2 * costs.render_batched
-        return 5.0 + sizes.radius_n * (len(sizes.radii) * 2 * per_radius + costs.sample_sequence)
+        return LOAD_SECONDS + sizes.radius_n * (len(sizes.radii) * 2 * per_radius + costs.sample_sequence)
     raise KeyError(name)
 
 

@@ -15,7 +15,7 @@ from vq3d.config import Config
 
 FIT_PROBE = (10, 40)  # train.fit_to_time first plans the run from these steps (after start-up)
 FIT_TIME_SHARE = 0.95  # of max_minutes, for the planned steps (the rest: checkpoints, slow steps)
-FIT_MARGIN = 0.8  # share of a training budget that `fitted_steps` may fill
+FIT_MARGIN = 0.9  # share of a training budget that `fitted_steps` may fill (validation, checkpoints)
 MIN_FITTED_STEPS = 50
 
 
