@@ -345,31 +345,11 @@ def test_line_chart_maps_values_monotonically_and_drops_gaps():
     assert "nothing logged" in line_chart([Series("x", [], [])], "empty", "s", "v")
 
 
-def test_stage2_steps_are_fitted_to_its_budget_once(tmp_path):
-    """A budget too short for the preset's steps gets fewer (so the cosine decay ends), and a rerun
-    keeps them; a roomy budget keeps the preset's."""
-    from vq3d.train.planner import FIT_MARGIN, fitted_steps
-
-    assert fitted_steps(3000, 100.0, 0.1) == int(100.0 * FIT_MARGIN / 0.1) < 3000
-    assert fitted_steps(3000, 1e6, 0.1) == 3000 and fitted_steps(3000, 1.0, 0.1) == 50
-    schedule, _ = _schedule(tmp_path, minutes=15)
-    schedule.costs.stage2_step = 10.0
-    schedule.start_training("stage2")
-    partial = json.loads(schedule.layout.partial("stage2").read_text())
-    expected = fitted_steps(load_config("demo").stage2.steps, partial["budget_seconds"], 10.0)
-    assert partial["steps"] == expected < load_config("demo").stage2.steps
-    schedule.costs.stage2_step = 0.001  # a rerun re-measures, but the run keeps its steps
-    schedule.start_training("stage2")
-    assert json.loads(schedule.layout.partial("stage2").read_text())["steps"] == expected
-    schedule.start_training("stage1")  # Stage 1 is bounded by time alone
-    assert "steps" not in json.loads(schedule.layout.partial("stage1").read_text())
-
-
-def test_probe_measures_a_stage2_training_step_and_the_synth_ray_caster():
+def test_probe_times_the_synth_ray_caster():
     from vq3d.demo.plan import DemoSizes, estimate_fixed_seconds, probe_costs
 
     costs = probe_costs(load_config("tiny"))
-    assert costs.stage2_step > 0.0 and costs.synth_scene > 0.0
+    assert costs.synth_scene > 0.0
     sizes = DemoSizes(n_scenes=100, resolution=16, views=4, eval_scenes=10, recon_scenes=1, generated=5, classes=5,
                       frames=6, mesh_resolution=8, samples_per_ray=16, synth_done=40)
     assert estimate_fixed_seconds(sizes, costs)["synth"] == pytest.approx(60 * costs.synth_scene)

@@ -248,6 +248,33 @@ def test_tokens_stage2_and_generate_write_every_promised_file(stage1_run, synth,
                  "--out", str(out), "--class", "dodecahedron"]) == 2
 
 
+def test_stage2_fitted_to_its_time_ends_its_cosine_within_it(stage1_run, synth, tmp_path, monkeypatch):
+    import vq3d.train.stage2 as stage2_module
+
+    # a fixed, pessimistic step time (0.4 s, far above a tiny step's), so the plan does not depend
+    # on how busy the machine is while the suite runs
+    fit = stage2_module.stage2_steps_to_minutes
+    monkeypatch.setattr(stage2_module, "stage2_steps_to_minutes",
+                        lambda cfg, most, done, _s, elapsed: fit(cfg, most, done, 0.4, elapsed))
+    tok, run = tmp_path / "tok", tmp_path / "fit"
+    assert main(["tokens", "--stage1", str(stage1_run), "--data", str(synth), "--out", str(tok)]) == 0
+    args = ["train", "stage2", "--stage1", str(stage1_run), "--tokens", str(tok), "--preset", "tiny",
+            "--set", "train.fit_to_time=true"]
+    assert main([*args, "--out", str(run), "--set", "stage2.steps=100000", "--max-minutes", "1"]) == 0
+    cfg = load_config("tiny", [str(run / "config.yaml")], [])  # the fitted steps are saved for --resume
+    # 57 s (95% of the minute) at 0.4 s a step, after the 40 steps of the probe
+    assert 150 < cfg.stage2.steps < 190
+    steps_logged = [m["step"] for m in read_metrics(run) if "loss" in m]
+    assert max(steps_logged) == cfg.stage2.steps  # it ends by its fitted steps, not by the time bound
+    # at most the configured steps: a roomy budget keeps them
+    assert main([*args, "--out", str(tmp_path / "roomy"), "--set", "stage2.steps=60", "--max-minutes", "1"]) == 0
+    assert load_config("tiny", [str(tmp_path / "roomy" / "config.yaml")], []).stage2.steps == 60
+    # steps given on the command line are kept, not fitted
+    assert main([*args, "--out", str(tmp_path / "kept"), "--steps", "45", "--max-minutes", "0.01"]) == 0
+    kept = load_config("tiny", [str(tmp_path / "kept" / "config.yaml")], [])
+    assert kept.stage2.steps == 45 and not kept.train.fit_to_time
+
+
 def test_mirrored_tokens_encode_flipped_images_and_keep_pairs_on_one_side(stage1_run, synth, tmp_path):
     from vq3d.data.synthetic_dataset import SyntheticDataset
     from vq3d.data.tokens import mirror_pairs

@@ -17,7 +17,7 @@ def _run_overrides(args: argparse.Namespace) -> list[str]:
     extra = []
     if args.steps is not None and (args.section == "stage2" or args.resume):
         extra.append(f"{args.section}.steps={args.steps}")
-    if args.steps is not None and args.section == "train":
+    if args.steps is not None:
         extra.append("train.fit_to_time=false")  # steps asked for are kept, not fitted to --max-minutes
     if args.max_minutes is not None:
         extra.append(f"train.max_minutes={args.max_minutes}")

@@ -20,7 +20,6 @@ import torch
 
 from vq3d.config import Config
 
-STAGE2_PROBE_STEPS = 3  # Stage-2 steps timed to fit its steps to its budget (after one warm-up)
 SYNTH_PROBE_SCENES = 3  # scenes ray-cast to time the synth phase (after one warm-up scene)
 # set aside per training stage beyond its --max-minutes: the process's start-up and last step's
 # overrun (the run's own start-up, checkpoints and validation fit within its minutes: Stage 1 took
@@ -56,7 +55,6 @@ class UnitCosts:
     encode: float  # one image encoded to tokens, inside a batch
     sample_sequence: float  # one Stage-2 sequence sampled (with the KV cache)
     probe_seconds: float  # what measuring took
-    stage2_step: float = 0.0  # one Stage-2 training step (forward, backward, AdamW) at the preset batch
     synth_scene: float = 0.0  # one synthetic scene ray-cast (canonical + novel views) at the run's resolution
 
     def as_dict(self) -> dict[str, float]:
@@ -83,7 +81,7 @@ class DemoSizes:
 @torch.no_grad()
 def probe_costs(cfg: Config, device: str = "cpu", batch: int = 4, num_classes: int = 5, views: int = 4) -> UnitCosts:
     """Time one batched render, one single render, one encode and one sampled sequence of an
-    untrained model of `cfg`'s sizes, a Stage-2 step, and the ray casting of a few synthetic
+    untrained model of `cfg`'s sizes, and the ray casting of a few synthetic
     scenes of `views` novel views (warm-up call first); a few seconds for the demo preset."""
     from vq3d.models.gpt import GPT
     from vq3d.models.sampling import sample
@@ -109,10 +107,9 @@ def probe_costs(cfg: Config, device: str = "cpu", batch: int = 4, num_classes: i
     gpt = GPT(cfg.model.codebook_size, model.grid**2, num_classes, cfg.stage2).to(device).eval()
     labels = torch.zeros(1, dtype=torch.long, device=device)
     sample_sequence = timed(lambda: sample(gpt, 1, labels, generator=torch.Generator(device).manual_seed(0)))
-    stage2_step = _time_stage2_step(gpt.train(), cfg, gen, timed)
     synth_scene = _time_synth_scene(cfg, views, timed)
     return UnitCosts(render_batched, render_single, encode, sample_sequence, time.perf_counter() - start,
-                     stage2_step, synth_scene)
+                     synth_scene)
 
 
 def _time_synth_scene(cfg: Config, views: int, timed) -> float:
@@ -129,25 +126,6 @@ def _time_synth_scene(cfg: Config, views: int, timed) -> float:
 
     cast(0)
     return sum(timed(lambda i=i: cast(i)) for i in range(1, 1 + SYNTH_PROBE_SCENES)) / SYNTH_PROBE_SCENES
-
-
-def _time_stage2_step(gpt, cfg: Config, gen: torch.Generator, timed) -> float:
-    """Seconds of one Stage-2 training step on random tokens: the mean of STAGE2_PROBE_STEPS after
-    a warm-up step (one timed step read 0.206 s where the run's steps took 0.172 s)."""
-    ids = torch.randint(gpt.vocab_size, (cfg.stage2.batch_size, gpt.seq_len), generator=gen)
-    ids = ids.to(next(gpt.parameters()).device)
-    labels = torch.zeros(ids.shape[0], dtype=torch.long, device=ids.device)
-    opt = torch.optim.AdamW(gpt.parameters(), lr=1e-4)
-
-    def step() -> None:
-        with torch.enable_grad():
-            _, loss = gpt(ids, labels, targets=ids)
-            loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
-    step()
-    return sum(timed(step) for _ in range(STAGE2_PROBE_STEPS)) / STAGE2_PROBE_STEPS
 
 
 def estimate_fixed_seconds(sizes: DemoSizes, costs: UnitCosts) -> dict[str, float]:

@@ -20,7 +20,6 @@ from vq3d.demo.optional import OPTIONAL_PHASES, OptionalSizes, estimate_seconds
 from vq3d.demo.progress import PhaseDisplay, clock
 from vq3d.demo.state import DemoLayout, finished, read_json
 from vq3d.errors import UserError
-from vq3d.train.planner import fitted_steps
 from vq3d.utils.io import atomic_write_json
 
 TRAINING = ("stage1", "stage2")
@@ -210,10 +209,6 @@ class Schedule:
                                    "over its budget)")
                 budget = floor
             partial = {"budget_seconds": budget, "spent_seconds": 0.0, "spent_before": 0.0, "commands": []}
-            if name == "stage2" and self.settings["stage2_steps"] is None and self.costs is not None:
-                # Stage 2 steps cost the same throughout: fit its schedule to the budget, once
-                # (a rerun keeps these steps, so the cosine decay is the same)
-                partial["steps"] = fitted_steps(self.cfg.stage2.steps, budget, self.costs.stage2_step)
         else:
             partial["spent_before"] = partial["spent_seconds"]
         atomic_write_json(self.layout.partial(name), partial)

@@ -49,9 +49,7 @@ def train_stage(layout: DemoLayout, name: str, seconds: float, settings: dict[st
     q, s = shell_quote, settings
     run = layout.stage1 if name == "stage1" else layout.stage2
     minutes = max(seconds / 60.0, 0.01)
-    steps = s[f"{name}_steps"]
-    if steps is None:  # the schedule may have fitted the steps to the budget (Stage 2)
-        steps = (read_json(layout.partial(name)) or {}).get("steps")
+    steps = s[f"{name}_steps"]  # None: each stage fits its steps to its minutes (train.fit_to_time)
     resume = run.is_dir() and latest_checkpoint(run) is not None
     step_arg = f" --steps {steps}" if steps is not None else ""
     depth_commands = []
@@ -60,7 +58,7 @@ def train_stage(layout: DemoLayout, name: str, seconds: float, settings: dict[st
         sets = [*sets, f"data.depth_cache={layout.depth}"]
     run_sets = [f"train.max_minutes={minutes:.3f}"]
     run_sets += [f"{STAGE_SECTION[name]}.steps={steps}"] if steps is not None else []
-    run_sets += ["train.fit_to_time=false"] if name == "stage1" and steps is not None else []
+    run_sets += ["train.fit_to_time=false"] if steps is not None else []
     if resume:
         command = f"vq3d train {name} --out {q(run)} --resume --max-minutes {minutes:.3f}{step_arg}"
     else:

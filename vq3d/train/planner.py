@@ -6,7 +6,8 @@ One place for both ways of sizing a run and for both users of it (`vq3d train` a
 - `--max-minutes M` with `train.fit_to_time` (`FitClock`, `plan_to_minutes`): the steps are fitted
   to the minutes from measured step times, refitted as timing improves, and the shape scaled
   with them;
-- the demo's Stage 2 (`fitted_steps`): the preset's steps, or fewer when they would not fit.
+- Stage 2 with `train.fit_to_time` and `--max-minutes` (`stage2_steps_to_minutes`): its steps,
+  or fewer when they would not fit, from its own measured step time (no GAN, no shape to scale).
 """
 
 from __future__ import annotations
@@ -15,8 +16,6 @@ from vq3d.config import Config
 
 FIT_PROBE = (10, 40)  # train.fit_to_time first plans the run from these steps (after start-up)
 FIT_TIME_SHARE = 0.95  # of max_minutes, for the planned steps (the rest: checkpoints, slow steps)
-FIT_MARGIN = 0.9  # share of a training budget that `fitted_steps` may fill (validation, checkpoints)
-MIN_FITTED_STEPS = 50
 
 
 def fit_to_time(steps: int, gan_start: int, done: int, step_seconds: float, gan_cost: float,
@@ -127,17 +126,17 @@ def plan_to_minutes(cfg: Config, done: int, step_seconds: float, seconds_elapsed
                        seconds_left)
 
 
+def stage2_steps_to_minutes(cfg: Config, most_steps: int, done: int, step_seconds: float,
+                            seconds_elapsed: float) -> int:
+    """Stage 2's steps: as many as fill `FIT_TIME_SHARE` of `cfg.train.max_minutes` at
+    `step_seconds` each (`seconds_elapsed` spent, `done` taken), but at most `most_steps` (the
+    configured ones: more steps would only overfit a small token set further)."""
+    seconds_left = FIT_TIME_SHARE * cfg.train.max_minutes * 60.0 - seconds_elapsed
+    return max(done + 1, min(most_steps, done + int(seconds_left / step_seconds)))
+
+
 def apply_plan(cfg: Config, steps: int, gan_start: int, in_gan: bool) -> None:
     """Give `cfg` the planned length: the whole shape scales before the GAN; once it runs, its
     start and warm-up are history and stay."""
     scale_schedule(cfg, steps, keep=("loss.gan_start_steps", "loss.gan_warmup_steps") if in_gan else ())
     cfg.loss.gan_start_steps = gan_start
-
-
-def fitted_steps(preset_steps: int, seconds: float, step_seconds: float) -> int:
-    """Steps of a run that should end its schedule (warm-up, cosine decay) within `seconds`:
-    the preset's, or fewer when they would not fit at `step_seconds` each (with a margin for
-    validation and checkpoints). A cut-short cosine would stop at a high learning rate."""
-    if step_seconds <= 0:
-        return preset_steps
-    return max(MIN_FITTED_STEPS, min(preset_steps, int(seconds * FIT_MARGIN / step_seconds)))

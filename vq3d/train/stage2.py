@@ -8,20 +8,22 @@ Reports validation loss and bits per token, beside the unigram entropy of the tr
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from vq3d.config import Config
+from vq3d.config import Config, save_config
 from vq3d.data.tokens import check_same_codebook, load_tokens, mirror_pairs
 from vq3d.errors import UserError
 from vq3d.models.gpt import GPT
 from vq3d.train.batches import batch_stream
 from vq3d.train.checkpoint import load_checkpoint
 from vq3d.train.core import TrainerCore
-from vq3d.train.distributed import cleanup, reduce_metrics
+from vq3d.train.distributed import broadcast_object, cleanup, reduce_metrics
+from vq3d.train.planner import FIT_PROBE, FitClock, stage2_steps_to_minutes
 from vq3d.train.run_control import RunControl
 from vq3d.train.schedule import lr_at, set_lr
 from vq3d.train.runs import prepare_run
@@ -108,6 +110,20 @@ def _write_run_info(run_dir: Path, tokens_dir: str | Path, info: dict, ids: np.n
         "train_rows": len(train_rows), "val_rows": len(val_rows)})
 
 
+def _apply_fit(cfg: Config, steps: int, step_seconds: float, rc: RunControl, run_dir: Path,
+               is_main: bool) -> None:
+    """Set Stage 2's fitted step count, say so when it changes, and save it for a resume."""
+    if steps == cfg.stage2.steps:
+        return
+    if is_main:
+        rc.write(f"fitted to {cfg.train.max_minutes:g} minutes at {step_seconds:.3f} s per step: {steps} "
+                 f"steps (was {cfg.stage2.steps})")
+    cfg.stage2.steps = steps
+    rc.set_total_steps(steps)
+    if is_main:
+        save_config(cfg, run_dir / "config.yaml")
+
+
 def train_stage2(cfg: Config, tokens_dir: str | Path, run_dir: str | Path, resume: bool = False,
                  overrides: list[str] = (), stage1_run: str | Path | None = None) -> dict:
     """Train (or resume) a GPT on a token folder; returns the last logged scalars."""
@@ -146,11 +162,21 @@ def train_stage2(cfg: Config, tokens_dir: str | Path, run_dir: str | Path, resum
             val = validation_loss(model, ids, labels, val_rows, device)
             last.update(val_loss=val, val_bits_per_token=val / math.log(2))
 
+        # train.fit_to_time with --max-minutes: the steps (at most the configured ones) are fitted
+        # to the minutes from this run's own step times, so the cosine decay ends in time; a run
+        # resumed after the probe keeps the plan its config.yaml saved
+        fitting = cfg.train.fit_to_time and cfg.train.max_minutes > 0 and step < FIT_PROBE[0]
+        clock, most_steps = (FitClock(FIT_PROBE) if fitting else None), s2.steps
         with core.logger() as logger, core.run_control(s2.steps, "stage2") as rc:
             while not rc.should_stop(step):
                 lr = lr_at(step, s2.lr, s2.warmup_steps, s2.steps, cfg.train.min_lr_ratio)
                 last.update(stage2_step(forward, model, opt, next(stream), lr, cfg, core.autocast, rc, step))
                 step += 1
+                refit = clock.tick(step, time.monotonic(), False) if clock is not None else None
+                if refit is not None:
+                    planned = stage2_steps_to_minutes(cfg, most_steps, step, refit[0],
+                                                      time.monotonic() - rc.start_time)
+                    _apply_fit(cfg, broadcast_object(planned), refit[0], rc, run_dir, core.is_main)
                 rc.update(step, {"loss": last.get("loss", float("nan"))})
                 if step % cfg.train.log_every == 0 or step == 1:
                     logger.log_scalars(step, reduce_metrics({k: last[k] for k in last if not k.startswith("val_")}))
