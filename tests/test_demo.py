@@ -320,6 +320,16 @@ def test_slow_fixed_phases_raise_the_estimates_of_those_to_come(tmp_path):
     assert display.estimates["generate"] == pytest.approx(3 * generate_before)
 
 
+def test_a_slow_synth_phase_leaves_the_model_phases_estimates_alone(tmp_path):
+    schedule, display = _schedule(tmp_path, minutes=15)
+    schedule.costs.synth_scene = 0.01  # 20 s for 2,000 scenes
+    schedule._publish(schedule.estimates())
+    before = dict(display.estimates)
+    schedule.after_fixed_phase("synth", 3 * display.estimates["synth"])
+    assert schedule.slowdown == 1.0
+    assert display.estimates["eval_stage1"] == before["eval_stage1"]
+
+
 def test_phase_display_ticks_with_elapsed_and_eta():
     phases = [("a", "first"), ("b", "second"), ("c", "third")]
     display = PhaseDisplay(phases, tick_seconds=0.05, enabled=False)
@@ -345,11 +355,22 @@ def test_line_chart_maps_values_monotonically_and_drops_gaps():
     assert "nothing logged" in line_chart([Series("x", [], [])], "empty", "s", "v")
 
 
-def test_probe_times_the_synth_ray_caster():
-    from vq3d.demo.plan import DemoSizes, estimate_fixed_seconds, probe_costs
+def test_probe_times_the_synth_ray_caster_and_its_file_writing(monkeypatch):
+    import vq3d.data.synthetic_writer as writer
+    from vq3d.demo.plan import SYNTH_PROBE_SCENES, DemoSizes, estimate_fixed_seconds, probe_costs
 
+    written = []
+    real_write = writer.write_scene_files
+
+    def slow_write(root, record, images, depth):  # each scene's files take at least 20 ms
+        time.sleep(0.02)
+        written.append(record["index"])
+        real_write(root, record, images, depth)
+
+    monkeypatch.setattr(writer, "write_scene_files", slow_write)
     costs = probe_costs(load_config("tiny"))
-    assert costs.synth_scene > 0.0
+    assert written == list(range(1 + SYNTH_PROBE_SCENES))  # a warm-up scene, then the timed ones
+    assert costs.synth_scene >= 0.02
     sizes = DemoSizes(n_scenes=100, resolution=16, views=4, eval_scenes=10, recon_scenes=1, generated=5, classes=5,
                       frames=6, mesh_resolution=8, samples_per_ray=16, synth_done=40)
     assert estimate_fixed_seconds(sizes, costs)["synth"] == pytest.approx(60 * costs.synth_scene)

@@ -20,7 +20,10 @@ import torch
 
 from vq3d.config import Config
 
-SYNTH_PROBE_SCENES = 3  # scenes ray-cast to time the synth phase (after one warm-up scene)
+# scenes ray-cast and written to time the synth phase (after one warm-up scene): a scene's cost
+# varies 3x with its shapes, so 3 scenes read 4.6 ms where 2,000 took 8.1 ms a scene (its file
+# writing was not timed either), and the slowdown that followed took 48 s from Stage 1
+SYNTH_PROBE_SCENES = 20
 # set aside per training stage beyond its --max-minutes: the process's start-up and last step's
 # overrun (the run's own start-up, checkpoints and validation fit within its minutes: Stage 1 took
 # 521 s of a 545 s budget on a fresh-clone demo, Stage 2 126 s of 188)
@@ -55,7 +58,7 @@ class UnitCosts:
     encode: float  # one image encoded to tokens, inside a batch
     sample_sequence: float  # one Stage-2 sequence sampled (with the KV cache)
     probe_seconds: float  # what measuring took
-    synth_scene: float = 0.0  # one synthetic scene ray-cast (canonical + novel views) at the run's resolution
+    synth_scene: float = 0.0  # one synthetic scene ray-cast (canonical + novel views) and written, at the run's resolution
 
     def as_dict(self) -> dict[str, float]:
         return asdict(self)
@@ -113,19 +116,24 @@ def probe_costs(cfg: Config, device: str = "cpu", batch: int = 4, num_classes: i
 
 
 def _time_synth_scene(cfg: Config, views: int, timed) -> float:
-    """Seconds to ray-cast one synthetic scene as `vq3d synth` does (files are written by a
-    thread beside it), the mean of SYNTH_PROBE_SCENES after a warm-up."""
+    """Seconds to ray-cast one synthetic scene and write its files as `vq3d synth` does, the mean
+    of SYNTH_PROBE_SCENES after a warm-up (serial here; the phase writes on a thread beside the
+    ray casting)."""
+    import tempfile
+    from pathlib import Path
+
     from vq3d.data.synthetic import CameraSettings, sample_scene
-    from vq3d.data.synthetic_writer import render_for_disk
+    from vq3d.data.synthetic_writer import render_for_disk, write_scene_files
 
     r = cfg.render
     camera = CameraSettings(r.camera_distance, r.fov_deg, r.sampling_radius)
+    with tempfile.TemporaryDirectory(prefix="vq3d-synth-probe-") as tmp:
+        def cast_and_write(index: int) -> None:
+            write_scene_files(Path(tmp), *render_for_disk(sample_scene(0, index, views, camera),
+                                                          cfg.data.resolution, camera.supersample))
 
-    def cast(index: int) -> None:
-        render_for_disk(sample_scene(0, index, views, camera), cfg.data.resolution, camera.supersample)
-
-    cast(0)
-    return sum(timed(lambda i=i: cast(i)) for i in range(1, 1 + SYNTH_PROBE_SCENES)) / SYNTH_PROBE_SCENES
+        cast_and_write(0)
+        return sum(timed(lambda i=i: cast_and_write(i)) for i in range(1, 1 + SYNTH_PROBE_SCENES)) / SYNTH_PROBE_SCENES
 
 
 def estimate_fixed_seconds(sizes: DemoSizes, costs: UnitCosts) -> dict[str, float]:
