@@ -25,9 +25,8 @@ from vq3d.config import Config
 # writing was not timed either), and the slowdown that followed took 48 s from Stage 1
 SYNTH_PROBE_SCENES = 20
 # the probe's model timings are the least of this many calls: single calls on a shared 2-core
-# machine planned 2:13 for fixed phases that took 1:42 (each minute the
-# fixed phases are overestimated is 48 s that Stage 1 hands to Stage 2, which gains nothing
-# from it past ~700 steps)
+# machine planned 2:13 for fixed phases that took 1:42 (each minute overestimated is 48 s that
+# Stage 1 hands to Stage 2, which gains nothing from it past ~700 steps)
 PROBE_REPEATS = 3
 # set aside per training stage beyond its --max-minutes: the process's start-up and last step's
 # overrun (the run's own start-up, checkpoints and validation fit within its minutes: Stage 1 took
