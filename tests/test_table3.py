@@ -29,3 +29,28 @@ def test_table3_trains_scores_and_resumes_each_row(tmp_path):
     stamp = (out / "full" / "eval_stage1.json").stat().st_mtime_ns
     assert main(argv) == 0  # a second call trains and scores nothing again
     assert (out / "full" / "eval_stage1.json").stat().st_mtime_ns == stamp
+
+
+def test_the_full_row_has_the_gan_terms_the_no_gan_row_does_not(tmp_path, monkeypatch):
+    import vq3d.eval.table3 as t3
+    from vq3d.config import load_config
+
+    commands = []
+
+    def record(cmd, log, threads, json_out=None):  # no training: note the command, write an empty score
+        commands.append(cmd)
+        if json_out is not None:
+            json_out.parent.mkdir(parents=True, exist_ok=True)
+            json_out.write_text("{}")
+
+    monkeypatch.setattr(t3, "_run", record)
+    for row in ("full", "no_gan"):
+        t3.run_row(row, tmp_path, "D", "D7", 10, [], None, 1, 0)
+    trains = [c for c in commands if "train" in c]
+
+    def gan_weight(cmd: list[str]) -> float:  # what the run's config would hold (the last --set wins)
+        sets = [cmd[i + 1] for i, a in enumerate(cmd) if a == "--set"]
+        return load_config("demo", [], sets).loss.gan
+
+    assert load_config("demo", [], []).loss.gan == 0  # the demo preset alone has none
+    assert gan_weight(trains[0]) > 0 and gan_weight(trains[1]) == 0
