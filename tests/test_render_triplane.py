@@ -6,7 +6,9 @@ import torch.nn.functional as F
 
 from vq3d.render.contraction import contract
 from vq3d.render.triplane import (
+    DENSE_SEGMENT_RATIO,
     corner_indices,
+    corner_rows,
     planes_to_table,
     sample_triplanes,
     scatter_corners,
@@ -111,15 +113,25 @@ def test_lookup_gradcheck_in_planes_and_coordinates():
     assert torch.autograd.gradcheck(lambda p, c: sample_triplanes(p, c, "mean"), (planes, coords))
 
 
-def test_segment_scatter_equals_index_add():
+@pytest.mark.parametrize("r, points", [(6, 400), (64, 20)])  # dense bags per row; bags per texel
+def test_segment_scatter_equals_index_add(r, points):
     torch.manual_seed(3)
-    r, c = 6, 5
-    coords = torch.rand(2, 400, 3) * 4 - 2
+    c = 5
+    coords = torch.rand(2, points, 3) * 5 - 2.5  # some beyond the planes: border texels
     row00, weights = corner_indices(coords, r)
-    grad = torch.randn(800, c)
-    a = scatter_corners(torch.zeros(2 * 3 * r * r, c), row00, weights, grad, r, 0.5, method="segment")
-    b = scatter_corners(torch.zeros(2 * 3 * r * r, c), row00, weights, grad, r, 0.5, method="index_add")
-    assert torch.allclose(a, b, atol=1e-5)
+    rows = 2 * 3 * r * r
+    assert (row00.numel() * DENSE_SEGMENT_RATIO >= rows) == (r == 6)  # each case takes its path
+    grad = torch.randn(2 * points, c)
+    start = torch.randn(rows, c)  # the scatter adds to what `out` holds
+    a = scatter_corners(start.clone(), row00, weights, grad, r, 0.5, method="segment")
+    b = scatter_corners(start.clone(), row00, weights, grad, r, 0.5, method="index_add")
+    # independent: every entry's scaled weight times its gradient added row by row
+    rows12 = corner_rows(row00, r)
+    ref = start.clone()
+    for p in range(rows12.shape[0]):
+        for k in range(12):
+            ref[rows12[p, k]] += 0.5 * weights.view(-1, 12)[p, k] * grad[p]
+    assert torch.allclose(a, ref, atol=1e-5) and torch.allclose(b, ref, atol=1e-5)
 
 
 def test_lookup_backward_matches_grid_sample_backward():

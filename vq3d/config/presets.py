@@ -55,7 +55,8 @@ def demo() -> Config:
                        proposal_anneal_steps=200,
                        near=0.5,  # "Near plane and distortion weight"
                        scene_scale=3.0,  # "Scene scale"
-                       train_rays=256),  # 256 of 1,024 rays per image; whole ones in GAN steps ("Ray subsets per image")
+                       train_rays=256,  # 256 of 1,024 rays per image; whole ones in GAN steps ("Ray subsets per image")
+                       compile_field=True),  # 13-16% shorter steps for ~22 s of compiling ("Compiling the field on the CPU")
         loss=replace(
             paper_cfg.loss,
             depth=1.0,  # "Depth weight"

@@ -19,8 +19,10 @@ what is kept for backward, which does not depend on the chunking).
 
 from __future__ import annotations
 
+import functools
+import warnings
 from dataclasses import dataclass
-from typing import Literal
+from typing import Callable, Literal
 
 import torch
 
@@ -31,10 +33,12 @@ ScatterMethod = Literal["segment", "index_add"]
 
 @dataclass(frozen=True)
 class ExecutionPolicy:
-    """Chunk budget (bytes) and the triplane-gradient scatter method of one render."""
+    """Chunk budget (bytes), the triplane-gradient scatter method of one render, and whether the
+    lookup + MLP chunks of training renders run compiled (`render.compile_field`)."""
 
     chunk_bytes: int
     scatter: ScatterMethod
+    compiled: bool = False
 
     def per_chunk(self, bytes_each: int) -> int:
         """How many items (points, rays) of `bytes_each` temporaries one chunk holds (>= 1)."""
@@ -73,14 +77,38 @@ def budget_bytes(chunk_mb: float, device: torch.device) -> int:
     return int(CPU_CHUNK_MB * 2**20)
 
 
-def execution_policy(chunk_mb: float, scatter: str, device: torch.device) -> ExecutionPolicy:
-    """The policy for one render on `device` from `render.chunk_mb` and `render.scatter`
-    ("auto": `index_add` on CUDA, where atomic adds are fast, `segment` elsewhere)."""
+def execution_policy(chunk_mb: float, scatter: str, device: torch.device, compiled: bool = False) -> ExecutionPolicy:
+    """The policy for one render on `device` from `render.chunk_mb`, `render.scatter`
+    ("auto": `index_add` on CUDA, where atomic adds are fast, `segment` elsewhere) and
+    `render.compile_field` (`compiled`)."""
     if scatter == "auto":
         scatter = "index_add" if device.type == "cuda" else "segment"
     if scatter not in ("segment", "index_add"):
         raise ValueError(f"unknown render.scatter {scatter!r}: use auto, segment or index_add")
-    return ExecutionPolicy(budget_bytes(chunk_mb, device), scatter)  # type: ignore[arg-type]
+    return ExecutionPolicy(budget_bytes(chunk_mb, device), scatter, compiled)  # type: ignore[arg-type]
 
 
 DEFAULT_POLICY = ExecutionPolicy(int(CPU_CHUNK_MB * 2**20), "segment")
+
+
+@functools.cache
+def compile_once(fn: Callable) -> Callable:
+    """`fn` compiled once per process for `render.compile_field` (`torch.compile`, one graph,
+    static shapes): each shape of its tensors and each value of its other arguments compiles a
+    specialised graph on first use, seconds each on a CPU. Where the compiler cannot build (no
+    C++ compiler on a CPU, ...), it warns once and runs `fn` eagerly from then on."""
+    graph = torch.compile(fn, fullgraph=True, dynamic=False)
+    failed: list[str] = []
+
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        if not failed:
+            try:
+                return graph(*args, **kwargs)
+            except torch._dynamo.exc.BackendCompilerFailed as err:
+                failed.append(str(err).strip().splitlines()[0])
+                warnings.warn(f"render.compile_field: {fn.__name__} did not compile ({failed[0]}); "
+                              "it runs eagerly", stacklevel=2)
+        return fn(*args, **kwargs)
+
+    return run

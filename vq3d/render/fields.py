@@ -15,6 +15,12 @@ chunk.
 With a feature callable (`FieldMLP.forward`) the features are saved and only the hidden
 activations recomputed (`_RecomputedMLP`).
 
+Compiled chunks (`render.compile_field`): each chunk's forward (`field_chunk_forward`: corners,
+lookup, MLP) and its backward up to the scatter (`field_chunk_backward`: recomputed features and
+the MLP's backward by hand) are plain functions of tensors, run eagerly or through
+`torch.compile` (fused loops instead of one pass over memory per operation); the scatter into
+the planes' gradient stays eager (`scatter_corners`).
+
 Precision (`vq3d.precision`): the MLP runs in the autocast dtype when autocast is on (on CPU
 or CUDA), else in its inputs' dtype (fp32; fp64 in gradient checks), with its inputs and weights
 cast explicitly; each chunk's weight-gradient product is computed in that dtype (a bf16 matmul
@@ -24,13 +30,15 @@ in fp32 (they feed transmittance and compositing). Chunk sizes come from the ren
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
 from vq3d.precision import compute_dtype, full_precision, upcast, wide
-from vq3d.render.execution import DEFAULT_POLICY, ExecutionPolicy, lookup_bytes_per_point
+from vq3d.render.execution import DEFAULT_POLICY, ExecutionPolicy, compile_once, lookup_bytes_per_point
 from vq3d.render.triplane import (
     PlaneReduce,
     corner_indices,
@@ -55,6 +63,20 @@ def softplus_and_sigmoid(z: Tensor) -> tuple[Tensor, Tensor]:
     return z.sub_(torch.log(s)), s
 
 
+def field_raw(x: Tensor, params: list[Tensor], with_rgb: bool) -> Tensor:
+    """The field MLP on features x (..., C) with weights `params` [W1, b1, W2, b2, ...]:
+    density (..., 1) [and rgb (..., 3)], activated."""
+    num = len(params) // 2
+    for i in range(num):
+        x = F.linear(x, params[2 * i], params[2 * i + 1])
+        if i < num - 1:
+            x = softplus_and_sigmoid(x)[0]
+    density = F.softplus(x[..., :1] - 1.0)
+    if not with_rgb:
+        return density
+    return torch.cat([density, torch.sigmoid(x[..., 1:])], dim=-1)
+
+
 class FieldMLP(nn.Module):
     """features (..., C) -> density (...,) [and rgb (..., 3) when `with_rgb`].
 
@@ -76,17 +98,7 @@ class FieldMLP(nn.Module):
 
     def raw(self, x: Tensor, params: list[Tensor] | None = None) -> Tensor:
         """(..., C) -> (..., 1 or 4): density [and rgb], activated; `params` replace the weights."""
-        if params is None:
-            params = self.params()
-        num = len(params) // 2
-        for i in range(num):
-            x = F.linear(x, params[2 * i], params[2 * i + 1])
-            if i < num - 1:
-                x = softplus_and_sigmoid(x)[0]
-        density = F.softplus(x[..., :1] - 1.0)
-        if not self.with_rgb:
-            return density
-        return torch.cat([density, torch.sigmoid(x[..., 1:])], dim=-1)
+        return field_raw(x, self.params() if params is None else params, self.with_rgb)
 
     def _split(self, out: Tensor) -> tuple[Tensor, Tensor | None]:
         return out[..., 0], (out[..., 1:] if self.with_rgb else None)
@@ -165,7 +177,9 @@ class _RecomputedMLP(torch.autograd.Function):
         with full_precision():
             cast = [p.to(ctx.dtype) for p in params]
             for sl in _chunks(flat.shape[0], ctx.chunk):
-                g_x = _mlp_backward(ctx.mlp, flat[sl].to(ctx.dtype), cast, need_x, need_p, grad_flat[sl], grad_p)
+                g_x, grads = _mlp_backward(ctx.mlp.with_rgb, flat[sl].to(ctx.dtype), cast, need_x, need_p,
+                                           grad_flat[sl])
+                _add_grads(grad_p, grads)
                 if need_x:
                     grad_x[sl] = g_x
         grad_p = [g.to(p.dtype) if g is not None else None for g, p in zip(grad_p, params)]
@@ -186,12 +200,12 @@ class _TriplaneField(torch.autograd.Function):
         chunk = mlp.chunk_points(policy)
         out = coords.new_empty(batch, n, 1 + 3 * mlp.with_rgb, dtype=wide(dtype))
         feats = table.new_empty(batch, n, c) if save_features else None
+        step, _ = _chunk_steps(policy.compiled)
         with full_precision():
             cast = [p.to(dtype) for p in params]
             for sl in point_chunks(batch, n, chunk):
-                row00, weights = corner_indices(coords[:, sl], r)
-                x = gather_corners(flat_table, row00, weights, r, scale)
-                out[:, sl] = mlp.raw(x.to(dtype), cast).view(batch, -1, out.shape[-1])
+                y, x = step(flat_table, coords[:, sl], cast, r, scale, mlp.with_rgb, save_features, policy.compiled)
+                out[:, sl] = y.view(batch, -1, out.shape[-1])
                 if save_features:
                     feats[:, sl] = x.view(batch, -1, c)
         ctx.mlp, ctx.scale, ctx.table_shape, ctx.table_dtype = mlp, scale, table.shape, table.dtype
@@ -209,17 +223,16 @@ class _TriplaneField(torch.autograd.Function):
         n = coords.shape[1]
         grad_table = grad_out.new_zeros(batch * 3 * r * r, c, dtype=wide(ctx.table_dtype)) if need_table else None
         grad_p = [torch.zeros_like(p, dtype=wide(p.dtype)) if need else None for p, need in zip(params, need_p)]
+        _, step = _chunk_steps(ctx.policy.compiled)
         with full_precision():
             cast = [p.to(ctx.dtype) for p in params]
             for sl in point_chunks(batch, n, ctx.chunk):
-                if need_table or not ctx.save_features:
-                    row00, weights = corner_indices(coords[:, sl], r)
-                if ctx.save_features:
-                    x = source[:, sl].reshape(-1, c)
-                else:
-                    x = gather_corners(source.reshape(-1, c), row00, weights, r, ctx.scale)
-                grad_chunk = grad_out[:, sl].reshape(x.shape[0], -1)
-                g_x = _mlp_backward(ctx.mlp, x.to(ctx.dtype), cast, need_table, need_p, grad_chunk, grad_p)
+                chunk_source = source[:, sl].reshape(-1, c) if ctx.save_features else source.reshape(-1, c)
+                grad_chunk = grad_out[:, sl].reshape(batch * (sl.stop - sl.start), -1)
+                g_x, row00, weights, grads = step(chunk_source, coords[:, sl], grad_chunk, cast, r, ctx.scale,
+                                                  ctx.mlp.with_rgb, not ctx.save_features, need_table, need_p,
+                                                  ctx.policy.compiled)
+                _add_grads(grad_p, grads)
                 if need_table:
                     scatter_corners(grad_table, row00, weights, g_x, r, ctx.scale, ctx.policy.scatter, ctx.chunk)
         if grad_table is not None:
@@ -228,11 +241,12 @@ class _TriplaneField(torch.autograd.Function):
         return (None, grad_table, None, None, None, None, None, *grad_p)
 
 
-def _mlp_backward(mlp: FieldMLP, x: Tensor, params: list[Tensor], need_x: bool, need_p: list[bool],
-                  grad_out: Tensor, grad_p: list[Tensor | None]) -> Tensor | None:
-    """Recompute `mlp.raw(x)` for one chunk x (P, C) and backpropagate `grad_out` (P, 1 or 4) by
-    hand (softplus' = sigmoid), in the dtype of x and `params`; accumulates weight gradients
-    into `grad_p` (fp32), returns d(loss)/dx in that dtype (None unless `need_x`)."""
+def _mlp_backward(with_rgb: bool, x: Tensor, params: list[Tensor], need_x: bool, need_p: list[bool],
+                  grad_out: Tensor) -> tuple[Tensor | None, list[Tensor | None]]:
+    """Recompute `field_raw(x)` for one chunk x (P, C) and backpropagate `grad_out` (P, 1 or 4) by
+    hand (softplus' = sigmoid), in the dtype of x and `params`. Returns d(loss)/dx in that dtype
+    (None unless `need_x`) and the weights' gradients in that dtype (None where not `need_p`),
+    which the caller sums over chunks in fp32."""
     num = len(params) // 2
     grad_out = grad_out.to(x.dtype)
     hidden = [x]  # inputs of each linear layer
@@ -243,21 +257,61 @@ def _mlp_backward(mlp: FieldMLP, x: Tensor, params: list[Tensor], need_x: bool, 
         slopes.append(slope)
         hidden.append(h)
     o = F.linear(h, params[-2], params[-1])  # (P, 1 or 4)
-    g = torch.empty_like(o)
-    torch.mul(grad_out[:, :1], torch.sigmoid(o[:, :1] - 1.0), out=g[:, :1])  # density = softplus(o - 1)
-    if mlp.with_rgb:
+    g = grad_out[:, :1] * torch.sigmoid(o[:, :1] - 1.0)  # density = softplus(o - 1)
+    if with_rgb:
         rgb = torch.sigmoid(o[:, 1:])
-        torch.mul(grad_out[:, 1:], rgb * (1.0 - rgb), out=g[:, 1:])
+        g = torch.cat([g, grad_out[:, 1:] * rgb * (1.0 - rgb)], dim=1)
+    grads: list[Tensor | None] = [None] * len(params)
     for i in range(num - 1, -1, -1):
         if need_p[2 * i]:
-            grad_p[2 * i] += g.t() @ hidden[i]  # += casts a bf16 product into the fp32 sum
+            grads[2 * i] = g.t() @ hidden[i]
         if need_p[2 * i + 1]:
-            grad_p[2 * i + 1] += g.sum(0, dtype=grad_p[2 * i + 1].dtype)
+            grads[2 * i + 1] = g.sum(0, dtype=wide(g.dtype))  # many small terms: summed in fp32
         if i == 0 and not need_x:
-            return None
+            return None, grads
         # d/d(input of layer i); for a one-output head (density) a broadcast product: the same
         # values, 2x faster on CPU than a K=1 matmul
         g = g * params[2 * i] if g.shape[1] == 1 else g @ params[2 * i]
         if i > 0:
-            g.mul_(slopes[i - 1])  # through the softplus of hidden layer i
-    return g
+            g = g * slopes[i - 1]  # through the softplus of hidden layer i
+    return g, grads
+
+
+def _add_grads(sums: list[Tensor | None], grads: list[Tensor | None]) -> None:
+    """Sum one chunk's weight gradients into the fp32 totals (`+=` casts a bf16 product up)."""
+    for total, grad in zip(sums, grads):
+        if total is not None and grad is not None:
+            total += grad
+
+
+def field_chunk_forward(table: Tensor, coords: Tensor, params: list[Tensor], resolution: int, scale: float,
+                        with_rgb: bool, keep_features: bool, indexed: bool) -> tuple[Tensor, Tensor | None]:
+    """One chunk of `_TriplaneField`'s forward: the field's output (P, 1 or 4), in the dtype of
+    `params`, of contracted points coords (B, n, 3) read from the flat table (rows, C), and the
+    features (P, C) when `keep_features`. `indexed`: the lookup as indexing (one fused loop when
+    compiled) instead of `embedding_bag` (faster eager)."""
+    row00, weights = corner_indices(coords, resolution)
+    x = gather_corners(table, row00, weights, resolution, scale, indexed)
+    return field_raw(x.to(params[0].dtype), params, with_rgb), (x if keep_features else None)
+
+
+def field_chunk_backward(source: Tensor, coords: Tensor, grad_out: Tensor, params: list[Tensor], resolution: int,
+                         scale: float, with_rgb: bool, from_table: bool, need_x: bool, need_p: list[bool],
+                         indexed: bool):
+    """One chunk of `_TriplaneField`'s backward up to the scatter: recompute the features (from
+    the flat table when `from_table`, else `source` holds them, (P, C)) and backpropagate through
+    the MLP. Returns (d(loss)/d(features) or None, row00, weights (the corners, None unless
+    needed), the weights' gradients in the dtype of `params`)."""
+    row00 = weights = None
+    if need_x or from_table:
+        row00, weights = corner_indices(coords, resolution)
+    x = gather_corners(source, row00, weights, resolution, scale, indexed) if from_table else source
+    g_x, grads = _mlp_backward(with_rgb, x.to(params[0].dtype), params, need_x, need_p, grad_out)
+    return g_x, row00, weights, grads
+
+
+def _chunk_steps(compiled: bool) -> tuple[Callable, Callable]:
+    """The forward and backward chunk steps of `_TriplaneField`: compiled, or eager."""
+    if compiled:
+        return compile_once(field_chunk_forward), compile_once(field_chunk_backward)
+    return field_chunk_forward, field_chunk_backward

@@ -48,7 +48,7 @@ Outputs follow docs/design.md: colours in [-1, 1], depth = ray distance t, dispa
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Union
 
 import torch
@@ -202,6 +202,9 @@ class Renderer(nn.Module):
         origins, dirs = upcast(origins), upcast(dirs)  # geometry is never bf16 (the precision policy)
         dirs = dirs / dirs.norm(dim=-1, keepdim=True).clamp_min(1e-12)
         policy = self.execution_policy(origins.device)
+        grad = torch.is_grad_enabled()
+        if policy.compiled and not grad:  # inference renders vary in shape: each would compile
+            policy = replace(policy, compiled=False)
         batch, n = origins.shape[:2]
         anneal = 1.0
         if train:
@@ -209,7 +212,6 @@ class Renderer(nn.Module):
         jitter = train and self.cfg.stratified
         us = [stratified_u((batch, n), num, jitter, generator, device=origins.device, dtype=origins.dtype)
               for num in self.samples_per_level]
-        grad = torch.is_grad_enabled()
         checkpointed = grad and self.cfg.checkpoint_chunks
         per_ray = render_bytes_per_ray(self.samples_per_level)
         if checkpointed:  # a checkpointed chunk holds its whole graph during its backward
@@ -276,10 +278,10 @@ class Renderer(nn.Module):
         That makes the CPU's results repeat bit for bit from run to run; on CUDA the `index_add`
         scatter of the planes' gradient adds with atomics, whose order varies, so gradients agree
         only to rounding (fp32 sums in varying order)."""
-        key = (device.type, device.index, self.cfg.chunk_mb, self.cfg.scatter)
+        key = (device.type, device.index, self.cfg.chunk_mb, self.cfg.scatter, self.cfg.compile_field)
         cache = self.__dict__.setdefault("_policies", {})
         if key not in cache:
-            cache[key] = execution_policy(self.cfg.chunk_mb, self.cfg.scatter, device)
+            cache[key] = execution_policy(self.cfg.chunk_mb, self.cfg.scatter, device, self.cfg.compile_field)
         return cache[key]
 
     def plane_coords(self, points: Tensor) -> Tensor:

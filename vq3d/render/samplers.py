@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from vq3d.precision import GEOMETRY_DTYPE, fp32, wide
-from vq3d.render.execution import DEFAULT_POLICY, ExecutionPolicy, resample_bytes_per_ray
+from vq3d.render.execution import DEFAULT_POLICY, ExecutionPolicy, compile_once, resample_bytes_per_ray
 
 
 def s_to_disparity(s: Tensor, near: float, far: float) -> Tensor:
@@ -182,15 +182,19 @@ def propose_edges(edges: Tensor, weights: Tensor, u: Tensor, dilation: float, an
     weights = weights.reshape(-1, weights.shape[-1])
     u = u.reshape(-1, u.shape[-1])
     chunk = policy.per_chunk(resample_bytes_per_ray(weights.shape[-1]))
+    # compiled once annealing is over (a new exponent each step would compile a graph each step)
+    step = compile_once(_propose_chunk) if policy.compiled and anneal == 1.0 else _propose_chunk
     if chunk >= edges.shape[0]:  # one chunk: no copy into `out`
-        if dilation > 0:
-            edges, weights = max_dilate_weights(edges, weights, dilation)
-        return resample_edges(edges, weights, u, anneal).view(*lead, -1)
+        return step(edges, weights, u, dilation, anneal).view(*lead, -1)
     out = edges.new_empty(edges.shape[0], u.shape[-1] + 2)
     for start in range(0, edges.shape[0], chunk):
         sl = slice(start, start + chunk)
-        e, w = edges[sl], weights[sl]
-        if dilation > 0:
-            e, w = max_dilate_weights(e, w, dilation)
-        out[sl] = resample_edges(e, w, u[sl], anneal)
+        out[sl] = step(edges[sl], weights[sl], u[sl], dilation, anneal)
     return out.view(*lead, -1)
+
+
+def _propose_chunk(edges: Tensor, weights: Tensor, u: Tensor, dilation: float, anneal: float) -> Tensor:
+    """`propose_edges` on rays (R, K+1), (R, K), (R, M) -> (R, M + 2)."""
+    if dilation > 0:
+        edges, weights = max_dilate_weights(edges, weights, dilation)
+    return resample_edges(edges, weights, u, anneal)

@@ -1,0 +1,57 @@
+"""`render.compile_field`: the compiled lookup + MLP chunks and proposal resampling of a training
+render give the eager torch path's image and gradients, and a compiler that cannot build falls
+back to the eager path with a warning instead of stopping the run."""
+
+import warnings
+from dataclasses import replace
+
+import pytest
+import torch
+
+from vq3d.render.cameras import canonical_cameras
+from vq3d.render.execution import compile_once
+from vq3d.render.renderer import Renderer
+from tests.test_render_execution import CFG, _train_render
+
+
+def _graphs() -> int:
+    from torch._dynamo.utils import counters
+
+    return counters["stats"]["unique_graphs"]
+
+
+def test_the_compiled_training_render_matches_the_eager_one():
+    # annealing off, so that proposal resampling runs compiled from the first step; chunks of
+    # ~700 points, so that a level is several chunks (two shapes) and the scatter runs per chunk
+    cfg = replace(CFG, proposal_anneal_steps=0, chunk_mb=1.0, scatter="segment")
+    ref_out, ref_grads, _ = _train_render(cfg, rays=300)
+    before = _graphs()
+    out, grads, _ = _train_render(replace(cfg, compile_field=True), rays=300)
+    assert _graphs() > before  # the compiled path ran
+    for name in ("rgb", "depth", "disparity", "weights", "spacing_edges"):
+        assert torch.allclose(getattr(out, name), getattr(ref_out, name), atol=1e-5), name
+    for got, want in zip(grads, ref_grads):
+        assert torch.allclose(got, want, atol=1e-5, rtol=1e-4)
+    # a render without gradients (evaluation, any shape) stays eager: nothing new compiles
+    before = _graphs()
+    renderer = Renderer(replace(cfg, compile_field=True), feature_dim=4)
+    with torch.no_grad():
+        renderer.render_cameras(torch.randn(1, 3, 4, 16, 16), canonical_cameras(1, 1.5, 45.0), 9, 9)
+    assert _graphs() == before
+
+def test_a_compiler_that_cannot_build_falls_back_to_the_eager_path():
+    import torch._inductor.config as inductor_config
+
+    def odd_sum(x):
+        return (x.cos() * 3.25 - x.abs().sqrt()).sum(-1)
+
+    step = compile_once(odd_sum)
+    x = torch.randn(4, 7)
+    # no C++ compiler, and no compiled artefact to reuse
+    with inductor_config.patch({"cpp.cxx": (None, "/nonexistent/c++"), "fx_graph_cache": False}):
+        with pytest.warns(UserWarning, match="did not compile"):
+            got = step(x)
+        assert torch.equal(got, odd_sum(x))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # no second try, no second warning
+            assert torch.equal(step(x + 1), odd_sum(x + 1))
