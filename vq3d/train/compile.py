@@ -5,10 +5,10 @@ Functions, its chunk loops, the quantizer's collectives and scatter, torch.Gener
 arguments) and recompiles as the Python step number changes. These regions take only tensors
 of fixed shapes and compile as one graph each (`fullgraph=True`): the ViT encoder and decoder,
 most of the paper preset's FLOPs. The discriminators stay eager because lazy R1 differentiates
-their gradient, and compiled graphs (AOT autograd) have no double backward. The renderer stays
-eager: its work is a few large kernels per level (`vq3d.render.execution`) whose hand-written
-backward already recomputes what a compiler would fuse. `nn.Module.compile` compiles in place, so parameter
-names (and checkpoints) do not change.
+their gradient, and compiled graphs (AOT autograd) have no double backward. The renderer's
+compiled pieces are its own switch, `render.compile_field` (`vq3d.render.execution.compile_once`):
+the chunks of its torch path, inside its hand-written autograd Functions. `nn.Module.compile`
+compiles in place, so parameter names (and checkpoints) do not change.
 """
 
 from __future__ import annotations
