@@ -1,9 +1,12 @@
 """The render benchmark runs, compares the same image, and measures allocations."""
 
 import json
+import re
+from dataclasses import replace
 
 import torch
 
+import vq3d.bench.render as bench_render
 from vq3d.bench.render import main, peak_memory_bytes
 
 
@@ -20,6 +23,21 @@ def test_render_benchmark_smoke(capsys):
     if isinstance(kept["triton"], dict):  # Triton installed: its interpreter runs the kernels here
         assert kept["triton"]["extra_bytes_per_ray"] * 20 <= kept["torch"]["extra_bytes_per_ray"]
         assert report["triton_build"]["nerf/bfloat16/bwd"]["registers"] > 0  # built for sm_90 here
+
+
+def test_a_preset_that_compiles_its_renders_is_timed_compiled_beside_eager(monkeypatch, capsys):
+    setting = bench_render._setting
+
+    def tiny_compiled(name):
+        cfg, spec = setting(name)
+        return replace(cfg, compile_field=True), spec
+
+    monkeypatch.setattr(bench_render, "_setting", tiny_compiled)
+    compiled = bench_render._measure("tiny", repeats=1)["ours_compiled"]
+    assert compiled["fwd_bwd_rays_per_s"] > 0 and compiled["first_call_s"] > 0
+    assert compiled["speedup_over_eager"] > 0
+    assert main(["--settings", "tiny", "--repeats", "1"]) == 0  # the text report too
+    assert re.search(r"tiny: compiled training render \d+\.\d\dx eager", capsys.readouterr().out)
 
 
 def test_peak_memory_counts_transient_allocations():

@@ -1,6 +1,7 @@
 """`render.compile_field`: the compiled lookup + MLP chunks and proposal resampling of a training
-render give the eager torch path's image and gradients, and a compiler that cannot build falls
-back to the eager path with a warning instead of stopping the run."""
+render give the eager torch path's image and gradients; only the Stage-1 trainer turns them on;
+a compiler that cannot build falls back to the eager path with a warning instead of stopping
+the run."""
 
 import warnings
 from dataclasses import replace
@@ -8,9 +9,12 @@ from dataclasses import replace
 import pytest
 import torch
 
+from vq3d.config import load_config
+from vq3d.models.stage1 import Stage1Model
 from vq3d.render.cameras import canonical_cameras
 from vq3d.render.execution import compile_once
 from vq3d.render.renderer import Renderer
+from vq3d.train.stage1 import Stage1Trainer
 from tests.test_render_execution import CFG, _train_render
 
 
@@ -35,9 +39,18 @@ def test_the_compiled_training_render_matches_the_eager_one():
     # a render without gradients (evaluation, any shape) stays eager: nothing new compiles
     before = _graphs()
     renderer = Renderer(replace(cfg, compile_field=True), feature_dim=4)
+    renderer.compile_field = True
     with torch.no_grad():
         renderer.render_cameras(torch.randn(1, 3, 4, 16, 16), canonical_cameras(1, 1.5, 45.0), 9, 9)
     assert _graphs() == before
+
+def test_only_the_stage1_trainer_compiles_its_renders(tmp_path):
+    cfg = load_config("tiny", [], ["train.device=cpu", "render.compile_field=true"])
+    assert not Stage1Model(cfg).renderer.compile_field  # evaluation, refinement, the viewer: eager
+    assert Stage1Trainer(cfg, tmp_path).model.renderer.compile_field
+    off = load_config("tiny", [], ["train.device=cpu"])
+    assert not Stage1Trainer(off, tmp_path / "off").model.renderer.compile_field
+
 
 def test_a_compiler_that_cannot_build_falls_back_to_the_eager_path():
     import torch._inductor.config as inductor_config

@@ -22,6 +22,7 @@ def _train_render(cfg: RenderConfig, rays: int, seed: int = 0, count: bool = Fal
     of the planes and the MLPs, and (with `count`) the operator calls of both passes."""
     torch.manual_seed(0)
     renderer = Renderer(cfg, feature_dim=4)
+    renderer.compile_field = cfg.compile_field  # as the Stage-1 trainer sets it
     planes = (torch.randn(1, 3, 4, 16, 16) * 0.5).requires_grad_(True)
     cams = canonical_cameras(1, cfg.camera_distance, cfg.fov_deg)
     pixels = torch.randperm(64 * 64, generator=torch.Generator().manual_seed(1))[:rays][None]

@@ -20,6 +20,9 @@ planes' channel-last table, per ray: the torch path against the Triton kernels
 Built for a GPU (`triton_build`): the Triton kernels at the paper's sizes compiled for sm_90
 (H100/H200) on this machine, no GPU needed, with the registers, spilled bytes and shared memory
 that ptxas reports.
+Compiled (`ours_compiled`, settings whose preset sets `render.compile_field`): the same training
+forward + backward with the chunks compiled as Stage-1 training runs them, alternating with the
+eager one, and the first call's seconds (compiling).
 Peak memory: the largest net number of bytes allocated during one training forward + backward,
 above what was allocated before it, read from the PyTorch profiler's allocation events
 (`profile_memory=True`, the allocator's running total): real allocations including transient
@@ -332,10 +335,36 @@ def _measure(name: str, repeats: int) -> dict:
             "fwd_bwd_rays_per_s": rays / best[2 * i + 1],
             "peak_memory_bytes": peak_memory_bytes(fns[label][1]),
         }
+    if cfg.compile_field:  # the preset's Stage-1 training compiles its renders: eager against compiled
+        result["ours_compiled"] = _measure_compiled(cfg, spec["channels"], renderer, fns["ours"][1],
+                                                    (planes, origins, dirs), repeats)
     result["speedup"] = result["ours"]["fwd_bwd_rays_per_s"] / result["reference"]["fwd_bwd_rays_per_s"]
     result["speedup_fwd"] = result["ours"]["fwd_rays_per_s"] / result["reference"]["fwd_rays_per_s"]
     result["memory_ratio"] = result["ours"]["peak_memory_bytes"] / result["reference"]["peak_memory_bytes"]
     return result
+
+
+def _measure_compiled(cfg: RenderConfig, channels: int, eager: Renderer, eager_fwd_bwd: Callable[[], None],
+                      inputs: tuple[Tensor, Tensor, Tensor], repeats: int) -> dict:
+    """A training forward + backward of the same renderer with `render.compile_field` (as the
+    Stage-1 trainer runs it), in rounds alternating with the eager one: rays per second, the
+    first call's seconds (compiling, or loading inductor's cache) and the speed-up over eager."""
+    compiled = Renderer(cfg, channels)
+    compiled.load_state_dict(eager.state_dict())
+    compiled.compile_field = True
+    params = list(compiled.parameters())
+    planes, origins, dirs = inputs
+    rays = origins.shape[0] * origins.shape[1]
+
+    def fwd_bwd() -> None:
+        _train_step(compiled, planes, origins, dirs, params)
+
+    start = time.perf_counter()
+    fwd_bwd()
+    first_call_s = time.perf_counter() - start
+    eager_best, compiled_best = _best_times([eager_fwd_bwd, fwd_bwd], repeats)
+    return {"fwd_bwd_rays_per_s": rays / compiled_best, "first_call_s": first_call_s,
+            "speedup_over_eager": eager_best / compiled_best}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -373,6 +402,10 @@ def main(argv: list[str] | None = None) -> int:
         for s, r in report["settings"].items():
             print(f"{s}: speedup {r['speedup']:.2f}x (fwd {r['speedup_fwd']:.2f}x), memory ratio "
                   f"{r['memory_ratio']:.2f}, max |rgb diff| {r['max_abs_diff_rgb']:.2e}")
+            if "ours_compiled" in r:
+                c = r["ours_compiled"]
+                print(f"{s}: compiled training render {c['speedup_over_eager']:.2f}x eager "
+                      f"(first call {c['first_call_s']:.1f} s)")
         kept = report["saved_for_backward"]
         print(f"kept for the backward beyond outputs, bytes per ray (paper samples): torch "
               f"{kept['torch']['extra_bytes_per_ray']:.0f}, triton "
@@ -380,7 +413,7 @@ def main(argv: list[str] | None = None) -> int:
         build = report["triton_build"]
         if isinstance(build, dict):
             for key, usage in build.items():
-                if isinstance(usage, dict):
+                if isinstance(usage, dict) and "registers" in usage:  # (not the launch sizes)
                     print(f"{build['arch']} {key}: {usage['registers']} registers, {usage['spill_store_bytes']} B "
                           f"spilled, {usage['shared_bytes']} B shared")
         else:

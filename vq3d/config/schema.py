@@ -82,10 +82,11 @@ class RenderConfig:
     # "auto" (triton on CUDA when Triton imports, torch elsewhere). The default is torch so that a run
     # saved before the field existed renders as it was trained; the presets set auto.
     kernel: Literal["auto", "torch", "triton"] = "torch"
-    # The torch path's lookup + MLP chunks of training renders compiled by torch.compile (fused
-    # loops instead of one pass over memory per operation; the triplanes' gradient is still summed
-    # eagerly). Pays on CPU in runs of minutes: each chunk shape compiles once, seconds each
-    # (docs/results.md, "Compiling the field on the CPU"). Off: eager, as in the paper's code.
+    # Stage-1 training compiles the torch path's lookup + MLP chunks and proposal resampling of
+    # its renders with torch.compile (fused loops instead of one pass over memory per operation;
+    # the triplanes' gradient is still summed eagerly). Pays on CPU in runs of minutes: ~25 s of
+    # compiling (docs/results.md, "Compiling the field on the CPU"); every other use (evaluation,
+    # refinement, the viewer) renders eagerly. Off: eager, as in the paper's code.
     compile_field: bool = False
     # Rays rendered per image in training steps that need no whole image (no GAN, no perceptual
     # loss yet): a random subset of the canonical pixels, so the encoder and decoder see more

@@ -167,6 +167,10 @@ class Renderer(nn.Module):
         )
         self.nerf_mlp = FieldMLP(feature_dim, cfg.mlp_hidden, cfg.mlp_layers, with_rgb=True,
                                  recompute=recompute)
+        # compile the torch path's chunks of renders with gradients (`render.compile_field`); off
+        # until a Stage-1 trainer turns it on: its thousands of steps pay for the seconds of
+        # compiling that a refinement of a few dozen steps would not
+        self.compile_field = False
 
     @property
     def samples_per_level(self) -> list[int]:
@@ -278,10 +282,10 @@ class Renderer(nn.Module):
         That makes the CPU's results repeat bit for bit from run to run; on CUDA the `index_add`
         scatter of the planes' gradient adds with atomics, whose order varies, so gradients agree
         only to rounding (fp32 sums in varying order)."""
-        key = (device.type, device.index, self.cfg.chunk_mb, self.cfg.scatter, self.cfg.compile_field)
+        key = (device.type, device.index, self.cfg.chunk_mb, self.cfg.scatter, self.compile_field)
         cache = self.__dict__.setdefault("_policies", {})
         if key not in cache:
-            cache[key] = execution_policy(self.cfg.chunk_mb, self.cfg.scatter, device, self.cfg.compile_field)
+            cache[key] = execution_policy(self.cfg.chunk_mb, self.cfg.scatter, device, self.compile_field)
         return cache[key]
 
     def plane_coords(self, points: Tensor) -> Tensor:

@@ -133,6 +133,7 @@ class Stage1Trainer:
         self.forward = self.core.wrap(self.model)
         if t.compile:
             compile_regions(self.model)
+        self.model.renderer.compile_field = cfg.render.compile_field  # training renders only
 
     def _freeze_unused(self) -> None:
         """Parameters that cannot get a gradient in this configuration are frozen, so that DDP
