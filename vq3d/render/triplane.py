@@ -43,8 +43,9 @@ PLANE_EXTENT = 2.0  # planes cover [-PLANE_EXTENT, PLANE_EXTENT]^3
 # least 1/DENSE_SEGMENT_RATIO of the rows: measured on 2 CPU cores (16 channels), dense took
 # 4.6 / 1.9 / 0.71 / 0.43 ms against 8.7 / 5.7 / 2.4 / 0.60 ms for per-texel index_add at 4, 1,
 # 1/4 and 1/16 entries per row (batch 8, 32x32 planes; 128x128 planes at 1/4 and 1/16: 6.2 / 3.0
-# against 15.0 / 3.2 ms)
-DENSE_SEGMENT_RATIO = 16
+# against 15.0 / 3.2 ms). 4, not 16: a corner's dense sums (rows x C) then take no more memory
+# than the 12 weighted rows a point of the index_add path does, which the chunk budget counts
+DENSE_SEGMENT_RATIO = 4
 
 
 def planes_to_table(planes: Tensor) -> Tensor:
@@ -218,8 +219,8 @@ class _TriplaneLookup(torch.autograd.Function):
 
 def point_chunks(batch: int, n: int, points: int) -> list[slice]:
     """Slices of the N axis so that each chunk holds at most about `points` points over the batch,
-    in chunks of equal size (the last may be smaller by less than one per chunk): few distinct
-    shapes, so that a compiled chunk step (`render.compile_field`) compiles few graphs."""
+    in chunks of equal size (the last one shorter by less than the number of chunks): few
+    distinct shapes, so that a compiled chunk step (`render.compile_field`) compiles few graphs."""
     most = max(1, points // max(batch, 1))
     count = -(-n // most)  # ceil
     step = max(1, -(-n // max(count, 1)))
