@@ -308,6 +308,9 @@ class Stage1Trainer:
             if info.is_main and self.metric_depth and self.step == 0:
                 rc.write("depth loss: metric (Eq. 2 at s = 1, t = 0 against the synthetic scenes' true "
                          "disparity; loss.depth_target=relative for the paper's Eq. 1-3)")
+            if info.is_main and self.model.renderer.compile_field:
+                rc.write("compiling the renderer's field for this machine (render.compile_field): the "
+                         "first steps wait for it, ~25 s on 2 CPU cores with an empty inductor cache")
             t0 = time.monotonic()
             # a run that stopped before the probe fits again; one that passed it saved its fitted plan
             fitting = cfg.train.fit_to_time and cfg.train.max_minutes > 0 and self.step < FIT_PROBE[0]
