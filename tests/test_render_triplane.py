@@ -6,9 +6,9 @@ import torch.nn.functional as F
 
 from vq3d.render.contraction import contract
 from vq3d.render.triplane import (
-    DENSE_SEGMENT_RATIO,
     corner_indices,
     corner_rows,
+    dense_segment,
     planes_to_table,
     sample_triplanes,
     scatter_corners,
@@ -120,7 +120,7 @@ def test_segment_scatter_equals_index_add(r, points):
     coords = torch.rand(2, points, 3) * 5 - 2.5  # some beyond the planes: border texels
     row00, weights = corner_indices(coords, r)
     rows = 2 * 3 * r * r
-    assert (row00.numel() * DENSE_SEGMENT_RATIO >= rows) == (r == 6)  # each case takes its path
+    assert dense_segment(row00.numel(), rows, c) == (r == 6)  # each case takes its path
     grad = torch.randn(2 * points, c)
     start = torch.randn(rows, c)  # the scatter adds to what `out` holds
     a = scatter_corners(start.clone(), row00, weights, grad, r, 0.5, method="segment")

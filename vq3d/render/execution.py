@@ -92,13 +92,17 @@ DEFAULT_POLICY = ExecutionPolicy(int(CPU_CHUNK_MB * 2**20), "segment")
 
 
 @functools.cache
-def compile_once(fn: Callable) -> Callable:
+def compile_once(fn: Callable, eager_overrides: tuple[tuple[str, object], ...] = ()) -> Callable:
     """`fn` compiled once per process for `render.compile_field` (`torch.compile`, one graph,
     static shapes): each shape of its tensors and each value of its other arguments compiles a
     specialised graph on first use, seconds each on a CPU. Where the compiler cannot build (no
-    C++ compiler on a CPU, ...), it warns once and runs `fn` eagerly from then on."""
+    C++ compiler on a CPU, ...), it warns once and runs `fn` eagerly from then on; a call that
+    would pass dynamo's limit of graphs per function (`recompile_limit`: a run rendering many
+    shapes) runs eagerly too, and shapes compiled before stay compiled. Eager calls get the
+    keyword arguments `eager_overrides` (choices that only pay when compiled)."""
     graph = torch.compile(fn, fullgraph=True, dynamic=False)
     failed: list[str] = []
+    warned: list[str] = []
 
     @functools.wraps(fn)
     def run(*args, **kwargs):
@@ -107,8 +111,12 @@ def compile_once(fn: Callable) -> Callable:
                 return graph(*args, **kwargs)
             except torch._dynamo.exc.BackendCompilerFailed as err:
                 failed.append(str(err).strip().splitlines()[0])
-                warnings.warn(f"render.compile_field: {fn.__name__} did not compile ({failed[0]}); "
-                              "it runs eagerly", stacklevel=2)
-        return fn(*args, **kwargs)
+                reason = f"{failed[0]}; it runs eagerly from now on"
+            except torch._dynamo.exc.FailOnRecompileLimitHit:
+                reason = "one graph per shape and the limit of graphs is reached; new shapes run eagerly"
+            if reason not in warned:
+                warned.append(reason)
+                warnings.warn(f"render.compile_field: {fn.__name__} did not compile ({reason})", stacklevel=2)
+        return fn(*args, **{**kwargs, **dict(eager_overrides)})
 
     return run

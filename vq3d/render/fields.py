@@ -204,7 +204,8 @@ class _TriplaneField(torch.autograd.Function):
         with full_precision():
             cast = [p.to(dtype) for p in params]
             for sl in point_chunks(batch, n, chunk):
-                y, x = step(flat_table, coords[:, sl], cast, r, scale, mlp.with_rgb, save_features, policy.compiled)
+                y, x = step(flat_table, coords[:, sl], cast, r, scale, mlp.with_rgb, save_features,
+                            indexed=policy.compiled)
                 out[:, sl] = y.view(batch, -1, out.shape[-1])
                 if save_features:
                     feats[:, sl] = x.view(batch, -1, c)
@@ -231,7 +232,7 @@ class _TriplaneField(torch.autograd.Function):
                 grad_chunk = grad_out[:, sl].reshape(batch * (sl.stop - sl.start), -1)
                 g_x, row00, weights, grads = step(chunk_source, coords[:, sl], grad_chunk, cast, r, ctx.scale,
                                                   ctx.mlp.with_rgb, not ctx.save_features, need_table, need_p,
-                                                  ctx.policy.compiled)
+                                                  indexed=ctx.policy.compiled)
                 _add_grads(grad_p, grads)
                 if need_table:
                     scatter_corners(grad_table, row00, weights, g_x, r, ctx.scale, ctx.policy.scatter, ctx.chunk)
@@ -313,5 +314,6 @@ def field_chunk_backward(source: Tensor, coords: Tensor, grad_out: Tensor, param
 def _chunk_steps(compiled: bool) -> tuple[Callable, Callable]:
     """The forward and backward chunk steps of `_TriplaneField`: compiled, or eager."""
     if compiled:
-        return compile_once(field_chunk_forward), compile_once(field_chunk_backward)
+        eager = (("indexed", False),)  # a fallback to eager looks up with embedding_bag
+        return compile_once(field_chunk_forward, eager), compile_once(field_chunk_backward, eager)
     return field_chunk_forward, field_chunk_backward

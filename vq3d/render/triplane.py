@@ -39,13 +39,6 @@ from vq3d.render.execution import DEFAULT_POLICY, ExecutionPolicy, lookup_bytes_
 PlaneReduce = Literal["sum", "mean"]
 
 PLANE_EXTENT = 2.0  # planes cover [-PLANE_EXTENT, PLANE_EXTENT]^3
-# The segment scatter sums a bag for every row of the gradient (dense) when its entries number at
-# least 1/DENSE_SEGMENT_RATIO of the rows: measured on 2 CPU cores (16 channels), dense took
-# 4.6 / 1.9 / 0.71 / 0.43 ms against 8.7 / 5.7 / 2.4 / 0.60 ms for per-texel index_add at 4, 1,
-# 1/4 and 1/16 entries per row (batch 8, 32x32 planes; 128x128 planes at 1/4 and 1/16: 6.2 / 3.0
-# against 15.0 / 3.2 ms). 4, not 16: a corner's dense sums (rows x C) then take no more memory
-# than the 12 weighted rows a point of the index_add path does, which the chunk budget counts
-DENSE_SEGMENT_RATIO = 4
 
 
 def planes_to_table(planes: Tensor) -> Tensor:
@@ -117,6 +110,18 @@ def gather_corners(table: Tensor, row00: Tensor, weights: Tensor, resolution: in
     return F.embedding_bag(rows, table, mode="sum", per_sample_weights=w)
 
 
+def dense_segment(entries: int, rows: int, channels: int) -> bool:
+    """Whether the `segment` scatter of `entries` lower-left rows (3 a point) into a gradient of
+    `rows` x `channels` takes a bag for every row (dense) rather than one per distinct texel:
+    where its temporaries, a corner's sums (rows x C fp32) and each row's count and offset (~32
+    bytes), take no more than the 12 weighted rows of C fp32 a point that the chunk budget counts
+    for the index_add path. Speed is no reason against it: measured on 2 CPU cores (16 channels),
+    dense took 4.6 / 1.9 / 0.71 / 0.43 ms against 8.7 / 5.7 / 2.4 / 0.60 ms for per-texel
+    index_add at 4, 1, 1/4 and 1/16 entries a row (batch 8, 32x32 planes; 128x128 planes at 1/4
+    and 1/16: 6.2 / 3.0 against 15.0 / 3.2 ms)."""
+    return rows * (4 * channels + 32) <= (entries // 3) * 48 * channels
+
+
 def scatter_corners(out: Tensor, row00: Tensor, weights: Tensor, grad: Tensor, resolution: int,
                     scale: float = 1.0, method: str = "auto", chunk: int | None = None) -> Tensor:
     """Adjoint of `gather_corners`: out[row] += scale * weight * grad[p] for every corner of every
@@ -151,7 +156,7 @@ def scatter_corners(out: Tensor, row00: Tensor, weights: Tensor, grad: Tensor, r
         keys, order = row00[sl].reshape(-1).sort()
         point = torch.div(order, 3, rounding_mode="floor")
         w_sorted = w.reshape(-1, 4)[order]  # (3 * chunk, 4)
-        if keys.numel() * DENSE_SEGMENT_RATIO >= rows:
+        if dense_segment(keys.numel(), rows, c):
             # a bag for every row of `out` (empty ones sum to 0): each corner's sums are then a
             # dense block, added to `out` shifted by the corner's offset, with no per-row index_add
             counts = torch.bincount(keys, minlength=rows)
