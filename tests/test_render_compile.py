@@ -46,6 +46,7 @@ def test_the_compiled_training_render_matches_the_eager_one():
         renderer.render_cameras(torch.randn(1, 3, 4, 16, 16), canonical_cameras(1, 1.5, 45.0), 9, 9)
     assert _graphs() == before
 
+
 def test_under_bf16_autocast_the_compiled_render_matches_the_eager_one_to_bf16_rounding():
     cfg = replace(CFG, proposal_anneal_steps=0, chunk_mb=1.0, scatter="segment")
     with torch.autocast("cpu", dtype=torch.bfloat16):

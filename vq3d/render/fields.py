@@ -30,6 +30,7 @@ in fp32 (they feed transmittance and compositing). Chunk sizes come from the ren
 
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import torch
@@ -204,8 +205,7 @@ class _TriplaneField(torch.autograd.Function):
         with full_precision():
             cast = [p.to(dtype) for p in params]
             for sl in point_chunks(batch, n, chunk):
-                y, x = step(flat_table, coords[:, sl], cast, r, scale, mlp.with_rgb, save_features,
-                            indexed=policy.compiled)
+                y, x = step(flat_table, coords[:, sl], cast, r, scale, mlp.with_rgb, save_features)
                 out[:, sl] = y.view(batch, -1, out.shape[-1])
                 if save_features:
                     feats[:, sl] = x.view(batch, -1, c)
@@ -231,8 +231,7 @@ class _TriplaneField(torch.autograd.Function):
                 chunk_source = source[:, sl].reshape(-1, c) if ctx.save_features else source.reshape(-1, c)
                 grad_chunk = grad_out[:, sl].reshape(batch * (sl.stop - sl.start), -1)
                 g_x, row00, weights, grads = step(chunk_source, coords[:, sl], grad_chunk, cast, r, ctx.scale,
-                                                  ctx.mlp.with_rgb, not ctx.save_features, need_table, need_p,
-                                                  indexed=ctx.policy.compiled)
+                                                  ctx.mlp.with_rgb, not ctx.save_features, need_table, need_p)
                 _add_grads(grad_p, grads)
                 if need_table:
                     scatter_corners(grad_table, row00, weights, g_x, r, ctx.scale, ctx.policy.scatter, ctx.chunk)
@@ -311,9 +310,12 @@ def field_chunk_backward(source: Tensor, coords: Tensor, grad_out: Tensor, param
     return g_x, row00, weights, grads
 
 
+@functools.cache
 def _chunk_steps(compiled: bool) -> tuple[Callable, Callable]:
-    """The forward and backward chunk steps of `_TriplaneField`: compiled, or eager."""
+    """The forward and backward chunk steps of `_TriplaneField`, with the lookup each pays with:
+    compiled (indexing, fused; a fallback to eager looks up with embedding_bag), or eager."""
+    steps = (field_chunk_forward, field_chunk_backward)
     if compiled:
-        eager = (("indexed", False),)  # a fallback to eager looks up with embedding_bag
-        return compile_once(field_chunk_forward, eager), compile_once(field_chunk_backward, eager)
-    return field_chunk_forward, field_chunk_backward
+        eager = (("indexed", False),)
+        return tuple(functools.partial(compile_once(fn, eager), indexed=True) for fn in steps)  # type: ignore[return-value]
+    return tuple(functools.partial(fn, indexed=False) for fn in steps)  # type: ignore[return-value]
