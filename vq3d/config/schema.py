@@ -37,6 +37,12 @@ class ModelConfig:
     plane_channels: int = 32  # C of each triplane [paper]
     plane_resolution: int = 512  # R of each triplane [paper]
     implicit_hidden: int = 128  # hidden width of the "w/o triplanes" conditioned MLP
+    # Which texels each token's head writes (vq3d/models/decoder.py, `TriplaneDecoder`): "raster"
+    # puts token (i, j)'s patch at (row i, column j) of every plane, as a plain reshape does (the
+    # XY plane then upside down against the image: its rows count +y, the image's -y); "aligned"
+    # puts it on the XY texels behind its image patch and on the YZ and ZX bands of the same y and
+    # x. The paper does not say; "raster" is what earlier runs used.
+    plane_layout: Literal["raster", "aligned"] = "raster"
 
 
 @dataclass

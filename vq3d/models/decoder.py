@@ -27,13 +27,30 @@ def _patch_factor(grid: int, plane_resolution: int) -> int:
     return plane_resolution // grid
 
 
+def arrange_planes(patches: Tensor, layout: str) -> Tensor:
+    """Token patches assembled in image order, (B, 3, C, R, R) with [.., row, column] = the image's
+    (row, column) of the token that wrote it -> triplanes (B, 3, C, R, R) in the renderer's
+    [.., v, u] indexing (vq3d/render/triplane.py: XY (u=x, v=y), YZ (u=y, v=z), ZX (u=z, v=x)).
+
+    "raster": unchanged. "aligned": the canonical camera looks down -z with +y up, so an image row
+    counts -y and a column +x; the XY plane is flipped upright (each token writes the texels behind
+    its patch), YZ takes y from the image rows (z from the columns) and ZX x from the columns (z
+    from the rows). A fixed permutation of texels: no cost, no parameters."""
+    if layout == "raster":
+        return patches
+    if layout != "aligned":
+        raise ValueError(f"unknown model.plane_layout {layout!r}: use raster or aligned")
+    xy, yz, zx = patches.unbind(1)
+    return torch.stack([xy.flip(-2), yz.flip(-2).transpose(-1, -2), zx.transpose(-1, -2)], dim=1)
+
+
 class TriplaneDecoder(nn.Module):
     """(B, h*w, code_dim) -> triplanes (B, 3, C, R, R)."""
 
     def __init__(self, grid: int, code_dim: int, width: int, layers: int, heads: int, mlp: int,
-                 plane_channels: int, plane_resolution: int) -> None:
+                 plane_channels: int, plane_resolution: int, layout: str = "raster") -> None:
         super().__init__()
-        self.grid, self.channels = grid, plane_channels
+        self.grid, self.channels, self.layout = grid, plane_channels, layout
         self.factor = _patch_factor(grid, plane_resolution)
         self.embed = nn.Linear(code_dim, width)
         self.transformer = Transformer(grid * grid, width, layers, heads, mlp)
@@ -44,15 +61,16 @@ class TriplaneDecoder(nn.Module):
         B, h, f, C = codes.shape[0], self.grid, self.factor, self.channels
         x = self.head(self.transformer(self.embed(codes)))  # (B, h*w, 3*C*f*f)
         x = x.view(B, h, h, 3, C, f, f).permute(0, 3, 4, 1, 5, 2, 6)  # (B, 3, C, h, f, w, f)
-        return x.reshape(B, 3, C, h * f, h * f)
+        return arrange_planes(x.reshape(B, 3, C, h * f, h * f), self.layout)
 
 
 class CNNTriplaneDecoder(nn.Module):
     """Token grid -> residual convolutions with log2(R/h) nearest-upsampling stages -> triplanes."""
 
     def __init__(self, grid: int, code_dim: int, plane_channels: int, plane_resolution: int,
-                 channels: int = 64) -> None:
+                 channels: int = 64, layout: str = "raster") -> None:
         super().__init__()
+        self.layout = layout
         factor = _patch_factor(grid, plane_resolution)
         if factor & (factor - 1):
             raise ValueError(f"the CNN decoder needs plane_resolution / grid to be a power of two, got {factor}")
@@ -68,7 +86,7 @@ class CNNTriplaneDecoder(nn.Module):
     def forward(self, codes: Tensor) -> Tensor:
         B, h = codes.shape[0], self.grid
         x = self.net(codes.transpose(1, 2).reshape(B, -1, h, h))  # (B, 3*C, R, R)
-        return x.view(B, 3, self.channels, x.shape[-2], x.shape[-1])
+        return arrange_planes(x.view(B, 3, self.channels, x.shape[-2], x.shape[-1]), self.layout)
 
 
 def fourier_features(points: Tensor, frequencies: int) -> Tensor:

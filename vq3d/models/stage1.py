@@ -57,9 +57,10 @@ class Stage1Model(nn.Module, VQ3DHubMixin):
             self.implicit_field = ImplicitField(m.implicit_hidden, m.implicit_hidden, m.plane_channels)
         elif m.backbone == "vit":
             self.decoder = TriplaneDecoder(self.grid, m.codebook_dim, m.dec_width, m.dec_layers, m.dec_heads,
-                                           m.dec_mlp, m.plane_channels, m.plane_resolution)
+                                           m.dec_mlp, m.plane_channels, m.plane_resolution, m.plane_layout)
         else:
-            self.decoder = CNNTriplaneDecoder(self.grid, m.codebook_dim, m.plane_channels, m.plane_resolution)
+            self.decoder = CNNTriplaneDecoder(self.grid, m.codebook_dim, m.plane_channels, m.plane_resolution,
+                                              layout=m.plane_layout)
         self.renderer = Renderer(cfg.render, m.plane_channels)
 
     # -- the four steps of the pipeline --------------------------------------------------------
