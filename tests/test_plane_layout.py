@@ -19,8 +19,8 @@ RES, TOKENS = 32, 8  # plane texels per side, token grid per side
 def _token_patches() -> torch.Tensor:
     """(1, 3, 2, R, R) patches in image order: channel 0 holds the writing token's image row,
     channel 1 its column, on every plane."""
-    rows = (torch.arange(RES) // (RES // TOKENS)).float()
-    grid = torch.stack([rows[:, None].expand(RES, RES), rows[None, :].expand(RES, RES)])  # (2, R, R)
+    token_index = (torch.arange(RES) // (RES // TOKENS)).float()  # the token over each texel index
+    grid = torch.stack([token_index[:, None].expand(RES, RES), token_index[None, :].expand(RES, RES)])  # (2, R, R)
     return grid[None, None].expand(1, 3, 2, RES, RES).clone()
 
 
