@@ -235,10 +235,10 @@ def test_synthetic_folder_dispatches_to_the_synthetic_dataset(tmp_path, monkeypa
 
     class FakeSynthetic:
         def __init__(self, root, split="train", novel_views=True, cache_mb=0.0,
-                     depth_cache=None, skip_missing_depth=False):
+                     depth_cache=None, skip_missing_depth=False, hflip=False):
             created.append((str(root), split, novel_views))
             self.cache_mb = cache_mb
-            self.depth_cache = depth_cache
+            self.depth_cache, self.hflip = depth_cache, hflip
 
     module = types.ModuleType("vq3d.data.synthetic_dataset")
     module.SyntheticDataset = FakeSynthetic
@@ -258,7 +258,9 @@ def test_synthetic_folder_dispatches_to_the_synthetic_dataset(tmp_path, monkeypa
     assert dataset.depth_cache is None  # synthetic data needs no cache...
     cfg.depth_cache = str(tmp_path / "est")
     dataset = build_dataset(cfg, split="train")  # ...but reads estimator-like targets from one
-    assert dataset.depth_cache == str(tmp_path / "est")
+    assert dataset.depth_cache == str(tmp_path / "est") and not dataset.hflip
+    cfg.hflip = True  # flips reach the training split only
+    assert build_dataset(cfg, split="train").hflip and not build_dataset(cfg, split="test").hflip
 
 
 def test_split_folders_are_used_when_present(tmp_path):

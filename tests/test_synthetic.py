@@ -13,10 +13,12 @@ import torch
 from PIL import Image
 
 from vq3d.cli import main
+from vq3d.config import load_config
 from vq3d.data import raycast, synthetic_writer
+from vq3d.data.loader import build_dataset
 from vq3d.data.raycast import SHAPES
 from vq3d.data.synthetic import render_scene, sample_scene, scene_rays
-from vq3d.data.synthetic_dataset import SyntheticDataset
+from vq3d.data.synthetic_dataset import SyntheticDataset, mirrored
 from vq3d.data.synthetic_writer import generate_dataset
 from vq3d.errors import UserError
 from vq3d.render.cameras import Cameras, focal_length
@@ -409,3 +411,37 @@ def test_supersample_is_a_dataset_setting_and_old_cards_mean_one_ray_per_pixel(t
     generate_dataset(out, 3, 16, views=1, camera=CameraSettings(supersample=1), progress=False)  # continues
     assert main(synth_args(out, "--n", "4", "--supersample", "2")) == 2
     assert "supersample" in one_line_error(capsys)
+
+
+def test_mirrored_items_flip_every_view_and_their_cameras_see_the_mirrored_object(tmp_path):
+    generate_dataset(tmp_path, 4, 16, views=2, seed=3, progress=False)
+    item = SyntheticDataset(tmp_path)[1]
+    flipped = mirrored(item)
+    for key in ("image", "depth", "disparity", "novel_images", "novel_depths"):
+        torch.testing.assert_close(flipped[key], item[key].flip(-1))
+    # oracle: the camera model's projection; the object's centre seen at column u by each
+    # original camera is seen at column W - u, same row and distance, by the mirrored one
+    cams = torch.cat([item["c2w"][None], item["novel_c2w"]])
+    cams_m = torch.cat([flipped["c2w"][None], flipped["novel_c2w"]])
+    uv, dist = Cameras(cams, 45.0).project(item["object_center"].expand(len(cams), 1, 3), 16, 16)
+    uv_m, dist_m = Cameras(cams_m, 45.0).project(flipped["object_center"].expand(len(cams), 1, 3), 16, 16)
+    torch.testing.assert_close(uv_m[..., 0], 16 - uv[..., 0])
+    torch.testing.assert_close(uv_m[..., 1], uv[..., 1])
+    torch.testing.assert_close(dist_m, dist)
+    assert not torch.equal(uv_m[..., 0], uv[..., 0])  # the novel cameras are off the mirror plane
+    torch.testing.assert_close(item["image"], SyntheticDataset(tmp_path)[1]["image"])  # input untouched
+
+
+def test_training_flips_synthetic_scenes_only_when_asked_and_never_the_test_split(tmp_path):
+    generate_dataset(tmp_path, 10, 16, views=1, seed=0, progress=False)
+    cfg = load_config("tiny").data
+    cfg.path = str(tmp_path)
+    plain = build_dataset(cfg, "train")[0]["image"]
+    torch.manual_seed(0)
+    cfg.hflip = True
+    train = build_dataset(cfg, "train", novel_views=False)
+    seen = {bool(torch.equal(train[0]["image"], plain.flip(-1))) for _ in range(16)}
+    assert seen == {True, False}
+    test = build_dataset(cfg, "test")
+    first = SyntheticDataset(tmp_path, "test")[0]["image"]
+    assert all(torch.equal(test[0]["image"], first) for _ in range(8))

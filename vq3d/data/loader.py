@@ -117,7 +117,7 @@ def build_dataset(data: DataConfig, split: str = "train", *, train: bool | None 
         return SyntheticDataset(data.path, split="test" if split in ("val", "valid") else split,
                                 novel_views=novel_views, cache_mb=data.cache_mb,
                                 depth_cache=data.depth_cache or None,
-                                skip_missing_depth=data.skip_missing_depth)
+                                skip_missing_depth=data.skip_missing_depth, hflip=data.hflip and train)
     has_depth = bool(data.depth_cache) or (kind == "webdataset" and data.depth_in_shards)
     if require_depth and not has_depth:
         raise UserError(f"the depth loss needs pseudo-GT depth for {data.path}: run `vq3d depth "

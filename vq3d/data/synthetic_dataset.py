@@ -44,6 +44,10 @@ class SyntheticDataset(torch.utils.data.Dataset):
     fit in that many MB (each DataLoader worker keeps its own): at 32x32 decoding was ~8% of a
     demo training step, and a run reads every scene ~18 times.
 
+    `hflip`: each item read is mirrored left-right with probability 1/2 (training's `data.hflip`):
+    a mirrored scene seen by the mirrored camera, so images, depths and disparities flip, and the
+    cameras (c2w -> M c2w M with M = diag(-1, 1, 1, 1)) and the object's centre mirror in x.
+
     `depth_cache`: a pseudo-GT disparity cache (e.g. estimator-like maps, `vq3d.data.pseudo_depth`)
     whose entries replace "disparity" (relative, in [0, 1]), read as photos' are; "depth" stays the
     truth (for evaluation). Scenes without an entry are an error, or left out with
@@ -52,8 +56,8 @@ class SyntheticDataset(torch.utils.data.Dataset):
 
     def __init__(self, root: str | Path, split: str | None = None, novel_views: bool = True,
                  cache_mb: float = 0.0, depth_cache: str | Path | None = None,
-                 skip_missing_depth: bool = False) -> None:
-        self.novel_views = novel_views
+                 skip_missing_depth: bool = False, hflip: bool = False) -> None:
+        self.novel_views, self.hflip = novel_views, hflip
         if split not in (None, *SPLITS):
             raise UserError(f"split {split!r} is not one of {', '.join(SPLITS)} (or None for every scene)")
         self.root = Path(root)
@@ -119,10 +123,14 @@ class SyntheticDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         if self._cache is None:
-            return self._read(i)
-        if i not in self._cache:
-            self._cache[i] = self._read(i)
-        return dict(self._cache[i])  # a new dict: callers may add or pop keys
+            item = self._read(i)
+        else:
+            if i not in self._cache:
+                self._cache[i] = self._read(i)
+            item = dict(self._cache[i])  # a new dict: callers may add or pop keys
+        if self.hflip and bool(torch.rand(()) < 0.5):  # as ImageDataset's flips
+            item = mirrored(item)
+        return item
 
     def _read(self, i: int) -> dict[str, Any]:
         record = self.records[i]
@@ -148,6 +156,24 @@ class SyntheticDataset(torch.utils.data.Dataset):
             item["novel_depths"] = depth[1:, None]
             item["novel_c2w"] = torch.tensor(record["novel_c2w"], dtype=torch.float32).reshape(-1, 4, 4)
         return item
+
+
+MIRROR_X = torch.diag(torch.tensor([-1.0, 1.0, 1.0, 1.0]))
+
+
+def mirrored(item: dict[str, Any]) -> dict[str, Any]:
+    """A scene item mirrored left-right (a new dict; the input is not changed): the world's x and
+    the cameras' x both negate, so every view's image, depth and disparity flip along their
+    columns, each camera becomes M c2w M (M = diag(-1, 1, 1, 1)) and the object's centre mirrors."""
+    out = dict(item)
+    for key in ("image", "depth", "disparity", "novel_images", "novel_depths"):
+        if key in out:
+            out[key] = out[key].flip(-1)
+    for key in ("c2w", "novel_c2w"):
+        if key in out:
+            out[key] = MIRROR_X @ out[key] @ MIRROR_X
+    out["object_center"] = out["object_center"] * MIRROR_X.diagonal()[:3]
+    return out
 
 
 # ----------------------------------------------------------------------------- contact sheet
