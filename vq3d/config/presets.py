@@ -81,8 +81,9 @@ def demo() -> Config:
         train=replace(paper_cfg.train, batch_size=8, gan_batch_size=4, lr=1e-3, disc_lr=2e-4, warmup_steps=100,
                       steps=9200, ckpt_every=2000, log_every=25, image_every=2000, weight_decay=0.0,
                       fit_to_time=True),
-        # "Stage 2: steps, guidance, mirrored tokens, dropout"
-        stage2=replace(paper_cfg.stage2, layers=4, width=128, heads=4, dropout=0.1, batch_size=32, lr=1e-3,
+        # "Stage 2: steps, guidance, mirrored tokens, dropout"; lr 2e-3: "Stage 2's learning rate
+        # and Stage 1's share"
+        stage2=replace(paper_cfg.stage2, layers=4, width=128, heads=4, dropout=0.1, batch_size=32, lr=2e-3,
                        warmup_steps=100, steps=3000, val_fraction=0.1),
         sample=replace(paper_cfg.sample, guidance=3.0),
     )
