@@ -262,8 +262,8 @@ def test_fixed_phases_shrink_only_when_they_would_exceed_their_share():
 
 
 def test_default_dataset_shrinks_with_short_budgets():
-    assert default_scene_count(15) == default_scene_count(10) == 2000
-    assert default_scene_count(3) == 600 and default_scene_count(0.5) == 200
+    assert default_scene_count(15) == default_scene_count(14) == 4000 and default_scene_count(10) == 3000
+    assert default_scene_count(3) == 900 and default_scene_count(0.5) == 200
 
 
 def _schedule(tmp_path, minutes, done=()):

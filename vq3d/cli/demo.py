@@ -20,8 +20,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="demo folder (new, or one to continue)")
     p.add_argument("--minutes", type=float, default=15.0, help="time budget for the whole run (default 15)")
     p.add_argument("--scenes", type=int,
-                   help="synthetic scenes, every 10th held out (default: 2000, or 200 per minute under "
-                        "10 minutes)")
+                   help="synthetic scenes, every 10th held out (default: 4000, or 300 per minute under "
+                        "13.3 minutes)")
     p.add_argument("--res", type=int, help="image resolution (default: the preset's data.resolution)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--views", type=int, default=4, help="ground-truth novel views per scene (default 4)")

@@ -40,7 +40,7 @@ REPORT_SECONDS = 3.0
 LOAD_SECONDS = 1.0
 FILES_SECONDS = 0.25
 MIN_TRAIN_MINUTES = 0.2  # a budget below this for either stage is refused up front
-# Stage 1's share of the training time. Stage 2 overfits the demo's 1,800 token sequences early,
+# Stage 1's share of the training time. Stage 2 overfits the demo's token sequences early,
 # and at the demo preset's learning rate (2e-3) reaches in 400-500 steps the held-out bits that
 # 1e-3 reached in 700-970, so an eighth of the time (400-500 steps on 2 cores) loses it nothing,
 # and Stage 1, short of steps, gets the rest (docs/results.md, "Stage 2's learning rate and Stage
@@ -50,8 +50,12 @@ FIXED_SHARE = 0.35  # the fixed phases may take this share of the budget before 
 # phases whose work shrinks when the budget is short: first the metrics' counts, then the visuals
 METRIC_PHASES = ("eval_stage1", "features", "eval_generation", "eval_radius")
 VISUAL_PHASES = ("reconstruct", "generate")
-SCENES_PER_MINUTE = 200  # default dataset size for short budgets (2000 from 10 minutes on)
-MAX_DEFAULT_SCENES = 2000
+# default dataset size: 300 scenes per minute of budget, 4,000 from 13.3 minutes on. At the demo's
+# ~10,000 Stage-1 steps on a fast 2-core machine, 4,000 scenes gave +0.12 dB novel view over
+# 2,000 (whose 1,800 training images were seen 43 times); at 5,000 steps they were level
+# (docs/results.md, "Training scenes")
+SCENES_PER_MINUTE = 300
+MAX_DEFAULT_SCENES = 4000
 
 
 @dataclass
@@ -165,7 +169,7 @@ def estimate_fixed_seconds(sizes: DemoSizes, costs: UnitCosts) -> dict[str, floa
 
 
 def default_scene_count(minutes: float) -> int:
-    """Synthetic scenes when none are asked for: 200 per minute of budget, 2000 at most, 200 at least."""
+    """Synthetic scenes when none are asked for: 300 per minute of budget, 4000 at most, 200 at least."""
     return int(min(MAX_DEFAULT_SCENES, max(200, round(minutes * SCENES_PER_MINUTE / 10) * 10)))
 
 
