@@ -42,8 +42,8 @@ FILES_SECONDS = 0.25
 MIN_TRAIN_MINUTES = 0.2  # a budget below this for either stage is refused up front
 # Stage 1's share of the training time. Stage 2 overfits the demo's token sequences early, and at
 # the demo preset's learning rate (2e-3) reaches in 400-500 steps the held-out bits that 1e-3
-# reached in 700-970, so an eighth of the time (628-658 steps in two demos on a fast 2-core
-# machine) loses it nothing, and Stage 1, short of steps, gets the rest (docs/results.md,
+# reached in 700-970, so an eighth of the time (628-658 steps in three demos on a fast
+# 2-core machine) loses it nothing, and Stage 1, short of steps, gets the rest (docs/results.md,
 # "Stage 2's learning rate and Stage 1's share")
 STAGE1_FRACTION = 0.88
 FIXED_SHARE = 0.35  # the fixed phases may take this share of the budget before their counts shrink
