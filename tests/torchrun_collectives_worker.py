@@ -79,8 +79,15 @@ def main(out_dir: str) -> None:
         # both ranks idle before either tears gloo down: a rank that exits while its peer still
         # writes can abort that peer's gloo threads ("terminate called without an active exception")
         barrier()
-    finally:
+    except BaseException:
         cleanup()
+        raise
+    # Every rank has passed the last barrier with its files written. A rank still aborted once
+    # with the same message in a clean-clone CI run (2026-12-06), so a rank that got here leaves
+    # without tearing gloo down: what this test checks is already on disk.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":
