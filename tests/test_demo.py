@@ -18,6 +18,8 @@ from vq3d.config import load_config
 from vq3d.demo import run_demo
 from vq3d.demo.optional import OptionalSizes
 from vq3d.demo.plan import (
+    MAX_DEFAULT_SCENES,
+    SCENES_PER_MINUTE,
     STAGE1_FRACTION,
     TRAIN_OVERHEAD_SECONDS,
     UnitCosts,
@@ -95,10 +97,15 @@ def test_training_is_bounded_by_the_given_steps_and_records_its_budget(demo):
     assert t["stage1"] / (t["stage1"] + t["stage2"]) == pytest.approx(STAGE1_FRACTION, abs=0.01)
 
 
-def test_the_cli_help_states_the_stage1_share_that_the_demo_uses(capsys):
+def test_the_cli_help_states_the_stage1_share_and_scene_count_that_the_demo_uses(capsys):
+    # the CLI states them as text (vq3d/cli/demo.py must not import torch through vq3d.demo.plan)
     with pytest.raises(SystemExit):
         main(["demo", "--help"])
-    assert f"default {STAGE1_FRACTION};" in " ".join(capsys.readouterr().out.split())
+    text = " ".join(capsys.readouterr().out.split())
+    assert f"default {STAGE1_FRACTION};" in text
+    assert (f"default: {MAX_DEFAULT_SCENES}, or {SCENES_PER_MINUTE} per minute under "
+            f"{MAX_DEFAULT_SCENES / SCENES_PER_MINUTE:.1f} minutes") in text
+    assert default_scene_count(MAX_DEFAULT_SCENES / SCENES_PER_MINUTE + 1) == MAX_DEFAULT_SCENES
 
 
 def _data_uris(page, mime):
