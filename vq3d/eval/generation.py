@@ -98,16 +98,10 @@ def _stage1_metrics(model: Any, cfg: Any, dataset: Any, n: int, radius: float, e
         images = batch["image"].to(device)
         scene = model.decode_codes(model.quantize(images).codes)
         b = images.shape[0]
-        canon = model.render(scene, model.canonical_cameras(b, device))
-        novel_cams = sample_novel_cameras(b, r.camera_distance, r.fov_deg, radius, generator).to(device)
-        novel = model.render(scene, novel_cams)
-        for name, extractor in extractors.items():
-            feats, logits = extractor(canon.rgb)
-            sets["canonical", name].add(feats, logits)
-            sets["novel", name].add(*extractor(novel.rgb))
-            if name == "domain" and check_classes:
-                # the ceiling for s2_class_accuracy: how often a reconstruction keeps its class
-                means.add("s1_class_accuracy", (logits.argmax(dim=1) == batch["label"]).float())
+        canon, novel = _render_views(model, scene, b, r, radius, generator, device)
+        logits = _add_features(sets, extractors, canon, novel)
+        if check_classes:  # the ceiling for s2_class_accuracy: how often a reconstruction keeps its class
+            means.add("s1_class_accuracy", (logits.argmax(dim=1) == batch["label"]).float())
         _geometry(means, "s1", canon, cfg, far, estimator, images)
         if "depth" in batch and "novel_c2w" in batch:  # synthetic: ground-truth depth
             gt_depth = batch["depth"].to(device)
@@ -119,6 +113,27 @@ def _stage1_metrics(model: Any, cfg: Any, dataset: Any, n: int, radius: float, e
     metrics = means.result()
     metrics["s1_images"] = count
     return metrics, sets
+
+
+def _render_views(model: Any, scene: Any, b: int, r: Any, radius: float, generator: torch.Generator,
+                  device: str) -> tuple[Any, Any]:
+    """The canonical renders of `b` scenes and one novel view each, drawn from `generator`."""
+    canon = model.render(scene, model.canonical_cameras(b, device))
+    novel_cams = sample_novel_cameras(b, r.camera_distance, r.fov_deg, radius, generator).to(device)
+    return canon, model.render(scene, novel_cams)
+
+
+def _add_features(sets: dict, extractors: dict[str, Extractor], canon: Any, novel: Any) -> torch.Tensor | None:
+    """Add both views' features to their sets; returns the domain net's logits of the canonical
+    views (B, classes), or None without a domain net."""
+    domain_logits = None
+    for name, extractor in extractors.items():
+        feats, logits = extractor(canon.rgb)
+        sets["canonical", name].add(feats, logits)
+        sets["novel", name].add(*extractor(novel.rgb))
+        if name == "domain":
+            domain_logits = logits
+    return domain_logits
 
 
 @torch.no_grad()
@@ -142,15 +157,10 @@ def _stage2_metrics(model: Any, cfg: Any, gpt: Any, cfg2: Any, meta: dict, n: in
     for scene, batch_labels, b in tqdm(sample_scenes(gpt, cfg2, model, n, labels, batch_size, seed, device),
                                        desc="eval stage 2", total=-(-n // batch_size), disable=not progress,
                                        leave=False):
-        canon = model.render(scene, model.canonical_cameras(b, device))
-        novel_cams = sample_novel_cameras(b, r.camera_distance, r.fov_deg, radius, generator).to(device)
-        novel = model.render(scene, novel_cams)
-        for name, extractor in extractors.items():
-            feats, logits = extractor(canon.rgb)
-            sets["canonical", name].add(feats, logits)
-            sets["novel", name].add(*extractor(novel.rgb))
-            if name == "domain" and check_classes:
-                means.add("s2_class_accuracy", (logits.argmax(dim=1) == batch_labels.cpu()).float())
+        canon, novel = _render_views(model, scene, b, r, radius, generator, device)
+        logits = _add_features(sets, extractors, canon, novel)
+        if check_classes:
+            means.add("s2_class_accuracy", (logits.argmax(dim=1) == batch_labels.cpu()).float())
         _geometry(means, "s2", canon, cfg, far, estimator, None)
     metrics = means.result()
     metrics["s2_samples"] = n
