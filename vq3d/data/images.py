@@ -228,6 +228,20 @@ def log_bad_files(bad: dict[str, str], where: str) -> None:
         log.warning("%d unusable image(s) skipped in %s", len(bad), where)
 
 
+def with_image(item: dict[str, Any], image: torch.Tensor, disparity: torch.Tensor | None, hflip: bool,
+               emit_uint8: bool) -> dict[str, Any]:
+    """`item` with "image" (uint8 (3, R, R), or float in [-1, 1] unless `emit_uint8`) and, when
+    given, "disparity" (1, R, R); with `hflip` both are mirrored together with probability 1/2
+    (the global torch RNG, as in a DataLoader worker)."""
+    if hflip and bool(torch.rand(()) < 0.5):
+        image = image.flip(-1)
+        disparity = disparity.flip(-1) if disparity is not None else None
+    item["image"] = image if emit_uint8 else image.float().div_(127.5).sub_(1.0)
+    if disparity is not None:
+        item["disparity"] = disparity
+    return item
+
+
 class ImageDataset(Dataset):
     """Map-style dataset over `ImageRecord`s (see the module docstring for items and bad files)."""
 
@@ -299,13 +313,7 @@ class ImageDataset(Dataset):
                 disparity = torch.from_numpy(self.depth.load(record.source_id()))[None]  # (1,R,R)
             except (OSError, ValueError) as err:
                 raise BadImageError("depth cache entry unreadable", str(err)) from None
-        if self.hflip and bool(torch.rand(()) < 0.5):
-            image = image.flip(-1)
-            disparity = disparity.flip(-1) if disparity is not None else None
-        item["image"] = image if self.emit_uint8 else image.float().div_(127.5).sub_(1.0)
-        if disparity is not None:
-            item["disparity"] = disparity
-        return item
+        return with_image(item, image, disparity, self.hflip, self.emit_uint8)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         skipped: list[tuple[str, str]] = []

@@ -38,7 +38,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from vq3d.data.decode import DEFAULT_MAX_PIXELS, BadImageError, load_crop
 from vq3d.data.depth_cache import DepthCache, SourceId, missing_depth_error
-from vq3d.data.images import UNLABELED
+from vq3d.data.images import UNLABELED, with_image
 from vq3d.errors import UserError
 
 log = logging.getLogger("vq3d.data")
@@ -242,13 +242,7 @@ class ShardDataset(IterableDataset):
                 raise BadImageError("no depth in shard", f"disparity is {disparity.shape}, "
                                     f"not {self.resolution}x{self.resolution}")
         disp_t = torch.from_numpy(disparity)[None] if disparity is not None else None  # (1,R,R)
-        if self.hflip and bool(torch.rand(()) < 0.5):
-            image = image.flip(-1)
-            disp_t = disp_t.flip(-1) if disp_t is not None else None
-        item["image"] = image if self.emit_uint8 else image.float().div_(127.5).sub_(1.0)
-        if disp_t is not None:
-            item["disparity"] = disp_t
-        return item
+        return with_image(item, image, disp_t, self.hflip, self.emit_uint8)
 
     # ------------------------------------------------------------------ streaming
     def _reader(self) -> tuple[int, int]:
