@@ -1,6 +1,7 @@
 """Every test starts from the same random state, so a result never depends on the order or the
 worker that pytest-xdist gives it (random inputs drawn without a seed once made a test flaky).
-Shared fixtures: a tiny random DPT, and a headless chromium for the pages' browser tests."""
+Shared fixtures: one torch thread for a module, a tiny random DPT, and a headless chromium for
+the pages' browser tests."""
 
 import random
 from pathlib import Path
@@ -15,6 +16,16 @@ def _seed_every_test():
     random.seed(0)
     np.random.seed(0)
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models run fastest on one thread (and several threads crawl on a busy machine); a
+    module opts in with `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

@@ -11,13 +11,7 @@ from vq3d.models.sampling import sample
 VOCAB, SEQ, CLASSES = 11, 9, 3
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread (and several threads crawl on a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_gpt(num_classes=CLASSES, seed=0, **overrides):

@@ -12,12 +12,7 @@ from vq3d.models.sampling import filter_logits, guided_logits, sample, sample_ne
 VOCAB, SEQ, CLASSES = 13, 10, 3
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_gpt(num_classes=CLASSES, seed=0):
