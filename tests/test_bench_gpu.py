@@ -164,7 +164,9 @@ def test_the_launch_shapes_are_timed_under_the_interpreter():
 
     if not triton_available():
         pytest.skip("Triton cannot run here")
-    ctx = gpu.Context("tiny", torch.device("cpu"), 1, Budget(120.0), "tiny")
+    # 8 interpreted renders took 129 s on a slow 2-core machine beside a training run, past the
+    # 120 s budget this test had; the budget is the bench's safety valve, not what is tested here
+    ctx = gpu.Context("tiny", torch.device("cpu"), 1, Budget(900.0), "tiny")
     rows = gpu._launch_rows(ctx)
     assert len(rows) == len(LAUNCH_CANDIDATES) and sum("(default)" in name for name in rows) == 1
     assert all(isinstance(v, int) and v > 0 for v in rows.values()), rows
