@@ -230,9 +230,9 @@ def log_bad_files(bad: dict[str, str], where: str) -> None:
 
 def with_image(item: dict[str, Any], image: torch.Tensor, disparity: torch.Tensor | None, hflip: bool,
                emit_uint8: bool) -> dict[str, Any]:
-    """`item` with "image" (uint8 (3, R, R), or float in [-1, 1] unless `emit_uint8`) and, when
-    given, "disparity" (1, R, R); with `hflip` both are mirrored together with probability 1/2
-    (the global torch RNG, as in a DataLoader worker)."""
+    """`item` with "image" (3, R, R) (uint8 as given with `emit_uint8`, else float in [-1, 1]) and,
+    when given, "disparity" (1, R, R); with `hflip` both are mirrored together with probability
+    1/2 (the global torch RNG, as in a DataLoader worker)."""
     if hflip and bool(torch.rand(()) < 0.5):
         image = image.flip(-1)
         disparity = disparity.flip(-1) if disparity is not None else None
