@@ -169,7 +169,8 @@ def estimate_fixed_seconds(sizes: DemoSizes, costs: UnitCosts) -> dict[str, floa
 
 
 def default_scene_count(minutes: float) -> int:
-    """Synthetic scenes when none are asked for: 300 per minute of budget, 4000 at most, 200 at least."""
+    """Synthetic scenes when none are asked for: SCENES_PER_MINUTE per minute of budget,
+    MAX_DEFAULT_SCENES at most, 200 at least."""
     return int(min(MAX_DEFAULT_SCENES, max(200, round(minutes * SCENES_PER_MINUTE / 10) * 10)))
 
 

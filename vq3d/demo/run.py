@@ -218,8 +218,7 @@ def run_demo(out_dir: str | Path, minutes: float = 15.0, preset: str = "demo",
              device: str = "cpu", progress: bool = True, tick_seconds: float = 30.0) -> dict[str, Any]:
     """Run (or continue) the whole demo in `out_dir` within about `minutes`; returns a summary.
 
-    `n_scenes` None: the dataset already in `out_dir`, else `plan.default_scene_count(minutes)`
-    (4000 from 13.3 minutes on).
+    `n_scenes` None: the dataset already in `out_dir`, else `plan.default_scene_count(minutes)`.
 
     Budget: unit costs are measured on this machine (`plan.probe_costs`), the fixed phases are
     estimated from the scene and sample counts, and Stage 1 gets `stage1_fraction` (None:
