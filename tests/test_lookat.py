@@ -1,6 +1,7 @@
 """The look-at prior (vq3d.losses.lookat): its value against a hand computation on a rendered
-sphere, its central square, that it is off, with the ray subset untouched, when its switch is; and
-the demo preset's Eq. 3 threshold from the camera model (one pixel of parallax)."""
+sphere, its central square, that it is off, with the ray subset untouched, when its switch is;
+the per-image subject target against ray-traced balls and a ring; and the demo preset's Eq. 3
+threshold from the camera model (one pixel of parallax)."""
 
 import math
 
@@ -8,7 +9,8 @@ import pytest
 import torch
 
 from vq3d.config import ConfigError, RenderConfig, load_config
-from vq3d.losses.lookat import central_pixels, exact_lookat_depth, lookat_loss
+from vq3d.losses.lookat import central_pixels, exact_lookat_depth, lookat_loss, subject_lookat_target
+from vq3d.losses.stage1 import lookat_target
 from vq3d.render.cameras import canonical_cameras
 from vq3d.render.renderer import Renderer
 from vq3d.train.stage1 import Stage1Trainer, read_scalars
@@ -128,3 +130,70 @@ def test_flat_scale_is_one_pixel_of_parallax_across_the_novel_view_disc():
     shift = (uv_rim[0, 1] - uv_rim[0, 0]) - (uv_canon[0, 1] - uv_canon[0, 0])
     # small-angle formula against the exact projection: within 5% of one pixel
     assert float(shift.norm()) == pytest.approx(1.0, rel=0.05)
+
+
+def _traced_disparity(size: int, camera_distance: float, ball: float = 0.0, ring: tuple[float, float] = (0.0, 0.0),
+                      wall: float = 1.0) -> torch.Tensor:
+    """Camera-axis disparity 1 / z (1, 1, size, size) traced through vq3d's canonical camera (45 degrees):
+    a ball of radius `ball` at the origin, or a flat ring facing the camera at z = 0 (inner, outer
+    radius), before a wall `wall` behind the origin."""
+    origins, dirs = canonical_cameras(1, camera_distance, 45.0).rays(size, size)
+    o, d = origins.reshape(-1, 3).double(), dirs.reshape(-1, 3).double()
+    cos = -d[:, 2]  # the camera looks down -z
+    z = torch.full_like(cos, camera_distance + wall)  # the wall, along the axis
+    if ball:
+        b = (o * d).sum(-1)
+        disc = b**2 - ((o * o).sum(-1) - ball**2)
+        t = -b - disc.clamp_min(0).sqrt()
+        z = torch.where(disc > 0, t * cos, z)
+    if ring[1]:
+        t = camera_distance / cos  # the plane z = 0
+        radius = (o + t[:, None] * d)[:, :2].norm(dim=-1)
+        z = torch.where((radius >= ring[0]) & (radius <= ring[1]), torch.full_like(z, camera_distance), z)
+    return (1.0 / z).float().view(1, 1, size, size)
+
+
+def test_subject_target_is_the_front_of_a_traced_ball_whatever_the_affine():
+    # the central ray meets a ball of radius r at the origin at D - r: the target is 1 - r / D
+    size, d = 64, 1.5
+    balls = (0.25, 0.4, 0.5)  # all inside the view: a wider subject reads as the image's width
+    disparity = torch.cat([_traced_disparity(size, d, ball=r) for r in balls])
+    front, through_hole = subject_lookat_target(disparity, 0.1, 45.0)
+    assert not through_hole.any()
+    # the width is read to a pixel: tan(22.5 deg) x 2 / 64 of the camera distance at most
+    assert front.tolist() == pytest.approx([1.0 - r / d for r in balls], abs=0.015)
+    # an estimator's unknown scale and shift per image change nothing
+    scale, shift = torch.tensor([3.0, 0.2, 40.0]).view(3, 1, 1, 1), torch.tensor([0.7, -5.0, 0.0]).view(3, 1, 1, 1)
+    again, hole_again = subject_lookat_target(disparity * scale + shift, 0.1, 45.0)
+    assert torch.equal(again, front) and torch.equal(hole_again, through_hole)
+
+
+def test_subject_target_sees_through_a_ring_and_only_bounds_it_from_the_near_side():
+    ring = _traced_disparity(64, 1.5, ring=(0.2, 0.5))
+    disc = _traced_disparity(64, 1.5, ring=(0.0, 0.5))
+    target, through_hole = subject_lookat_target(torch.cat([ring, disc]), 0.1, 45.0)
+    assert through_hole.tolist() == [True, False]
+    assert float(target[0]) == 1.0  # past the subject: no nearer than its centre, the orbit's centre
+    assert float(target[1]) == pytest.approx(1.0 - 0.5 / math.hypot(1.5, 0.5), abs=0.015)  # a flat disc: the ball's
+    # the one-sided prior: a farther mean costs nothing, a nearer one as much as the two-sided
+    central = torch.ones(2, 4, dtype=torch.bool)
+    farther_ok = torch.tensor([True, True])
+    assert float(lookat_loss(torch.full((2, 4), 3.0), central, 1.5, "depth", farther_ok)) == 0.0
+    assert float(lookat_loss(torch.full((2, 4), 1.0), central, 1.5, "depth", farther_ok)) == \
+        pytest.approx(math.log(1.5) ** 2)
+    assert float(lookat_loss(torch.full((2, 4), 1 / 3.0), central, 1.5, "disparity", farther_ok)) == 0.0
+
+
+def test_subject_placement_needs_a_target_and_refuses_a_fixed_depth():
+    cfg = load_config("tiny", [], ["train.device=cpu", "loss.lookat=1", "loss.lookat_placement=subject"])
+    disparity = torch.cat([_traced_disparity(32, cfg.render.camera_distance, ball=0.4)] * 2)
+    target, farther_ok = lookat_target(disparity, cfg.loss, cfg.render)
+    assert target.shape == (2,) and not farther_ok.any()
+    assert float(target[0]) == pytest.approx(cfg.render.camera_distance - 0.4, abs=0.05)
+    with pytest.raises(ValueError, match="lookat_placement=fixed"):
+        lookat_target(None, cfg.loss, cfg.render)
+    fixed = load_config("tiny", [], ["train.device=cpu", "loss.lookat=1", "loss.lookat_depth=0.8"])
+    assert lookat_target(None, fixed.loss, fixed.render) == (pytest.approx(0.8 * fixed.render.camera_distance), None)
+    with pytest.raises(ConfigError, match="lookat_depth"):
+        load_config("tiny", [], ["train.device=cpu", "loss.lookat=1", "loss.lookat_placement=subject",
+                                 "loss.lookat_depth=0.9"])

@@ -158,6 +158,11 @@ class LossConfig:
     # centre, the camera model's subject (exact geometry of the synthetic training scenes gives
     # 0.90: vq3d.losses.lookat.exact_lookat_depth, a value no photo has).
     lookat_depth: float = 1.0
+    # "fixed": every image's central pixels at lookat_depth x camera_distance; "subject": each
+    # image's own target, the front of a ball centred at the orbit's centre as wide as the subject
+    # looks in its depth target (vq3d.losses.lookat.subject_front_depth; lookat_depth must be 1),
+    # and no nearer than the orbit's centre where the centre sees through a hole in the subject
+    lookat_placement: Literal["fixed", "subject"] = "fixed"
     # what is put there: "disparity", the central pixels' mean camera-axis disparity (robust to
     # the far tail of a ray's weights), or "depth", their mean expected ray depth (before)
     lookat_statistic: Literal["disparity", "depth"] = "depth"

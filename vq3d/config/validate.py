@@ -22,6 +22,10 @@ def validate(cfg: Config) -> Config:
     if L.lookat and not (L.lookat_depth > 0 and 0 < L.lookat_fraction <= 1):
         raise ConfigError(f"loss.lookat_depth {L.lookat_depth} must be > 0 and loss.lookat_fraction "
                           f"{L.lookat_fraction} in (0, 1]")
+    if L.lookat and L.lookat_placement == "subject" and L.lookat_depth != 1.0:
+        raise ConfigError(f"loss.lookat_placement=subject sets each image's target from its subject's width, "
+                          f"so loss.lookat_depth {L.lookat_depth} would contradict it: leave it at 1 "
+                          "or use loss.lookat_placement=fixed")
     if cfg.render.kernel == "triton":
         reason = fused_unsupported(cfg.render, implicit=cfg.model.representation == "implicit")
         if reason:

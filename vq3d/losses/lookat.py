@@ -19,13 +19,18 @@ in log depth, so nearer and farther errors of the same ratio cost alike. Eq. 2 i
 t*, so a small weight picks the shift without pulling against the depth loss. It holds for
 subjects centred at the look-at point (the synthetic benchmark; centred ImageNet-like photos).
 
-A subject's visible front is nearer than its centre, so the target is `loss.lookat_depth` times
-the camera distance. 1 (the orbit's centre) left the object 10% too far at 16,000 steps;
-`exact_lookat_depth` gives the value exact geometry has on a dataset with true depth (0.90 on
-the synthetic training scenes), the minimizer of the prior over those scenes.
+A subject's visible front is nearer than its centre. `loss.lookat_placement=fixed` puts every
+image's central pixels at `loss.lookat_depth` times the camera distance: 1 (the orbit's centre)
+left the object 10% too far at 16,000 steps; `exact_lookat_depth` gives the value exact geometry
+has on a dataset with true depth (0.90 on the synthetic training scenes), the minimizer of the
+prior over those scenes, a number no photo has. `loss.lookat_placement=subject` reads each
+image's front from its own depth target instead (`subject_lookat_target`): the front of a ball
+centred at the orbit's centre, as wide as the subject looks.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import Tensor
@@ -45,9 +50,11 @@ def central_pixels(height: int, width: int, fraction: float, device: torch.devic
 
 
 @fp32
-def lookat_loss(values: Tensor, central: Tensor, target_depth: float, statistic: str = "disparity") -> Tensor:
+def lookat_loss(values: Tensor, central: Tensor, target_depth: float | Tensor, statistic: str = "disparity",
+                farther_ok: Tensor | None = None) -> Tensor:
     """The prior's value: values (B, N) per ray, central (B, N) bool, the rays of the central square
-    (each image needs at least one); target_depth: lookat_depth x camera_distance.
+    (each image needs at least one); target_depth: lookat_depth x camera_distance, or one per
+    image (B,); farther_ok (B,) bool: those images pay only for being nearer than their target.
 
     statistic "disparity": `values` are camera-axis disparities 1 / z; the central mean m is put
     at 1 / target_depth (its depth, the harmonic mean of the central depths, at the target): a
@@ -57,10 +64,14 @@ def lookat_loss(values: Tensor, central: Tensor, target_depth: float, statistic:
     weight = central.to(values.dtype)
     mean = (values * weight).sum(1) / weight.sum(1).clamp_min(1.0)
     if statistic == "depth":
-        return torch.log(mean.clamp_min(1e-6) / target_depth).square().mean()
-    if statistic != "disparity":
+        log_ratio = torch.log(mean.clamp_min(1e-6) / target_depth)  # log(depth / target): > 0 is farther
+    elif statistic == "disparity":
+        log_ratio = -torch.log(mean.clamp_min(1e-6) * target_depth)
+    else:
         raise ValueError(f"unknown loss.lookat_statistic {statistic!r}: use disparity or depth")
-    return torch.log(mean.clamp_min(1e-6) * target_depth).square().mean()
+    if farther_ok is not None:
+        log_ratio = torch.where(farther_ok, log_ratio.clamp_max(0.0), log_ratio)
+    return log_ratio.square().mean()
 
 
 @torch.no_grad()
@@ -72,3 +83,42 @@ def exact_lookat_depth(true_depth: Tensor, fraction: float, camera_distance: flo
     central = central_pixels(height, width, fraction, true_depth.device)
     mean_depth = true_depth.flatten(1)[:, central].double().mean(1)
     return float(torch.log(mean_depth / camera_distance).mean().exp())
+
+
+@torch.no_grad()
+def subject_lookat_target(target_disparity: Tensor, fraction: float, fov_deg: float) -> tuple[Tensor, Tensor]:
+    """Each image's look-at target, for a subject centred at the orbit's centre, from the image's
+    own depth target (`loss.lookat_placement=subject`).
+
+    target_disparity (B, 1, H, W): any per-image affine disparity, larger = nearer (an estimator's
+    output). Returns (target (B,), through_hole (B,) bool), target as a fraction of the camera
+    distance D: the subject's front where the central square sees the subject; where it sees past
+    it (a hole: its disparity nearer the rows' far end than their near end), the subject's centre
+    (1), which the central pixels must be no nearer than (`lookat_loss`'s `farther_ok`).
+
+    The camera model puts the subject's centre at the orbit's centre. Taken as a ball (a single
+    image says nothing of the subject's depth extent; a ball's is its width), a subject spanning a
+    fraction w of the image's width has angular radius a, tan a = w tan(fov / 2), so radius D sin a:
+    the rays through its centre meet its front at D (1 - sin a).
+    w is read on each row of the central square: the run of pixels around the middle nearer than
+    halfway from the centre's disparity to the row's farthest, the median over those rows. An
+    affine change of the disparity leaves the run as it is, so the target's unknown scale and
+    shift do not matter.
+    """
+    d = target_disparity[:, 0].float()  # (B, H, W)
+    _, height, width = d.shape
+    side = max(1, round(height * fraction))
+    top = (height - side) // 2
+    rows = d[:, top:top + side]  # (B, S, W) the central square's rows
+    central = central_pixels(height, width, fraction, d.device)
+    centre = d.flatten(1)[:, central].median(1).values[:, None, None]  # (B, 1, 1)
+    far, near = rows.amin(2, keepdim=True), rows.amax(2, keepdim=True)  # (B, S, 1)
+    is_subject = rows >= 0.5 * (centre + far)  # (B, S, W)
+    half = width // 2  # the run is counted outwards from the middle, both ways
+    left = is_subject[..., :half].flip(-1).long().cumprod(-1).sum(-1)
+    right = is_subject[..., half:].long().cumprod(-1).sum(-1)
+    run = (left + right).float().median(1).values / width  # (B,) fraction of the width
+    tan_a = run * math.tan(math.radians(fov_deg) / 2)
+    front = 1.0 - tan_a / torch.sqrt(1.0 + tan_a.square())  # 1 - sin a
+    through_hole = centre[:, 0, 0] < (0.5 * (near + far))[..., 0].median(1).values
+    return torch.where(through_hole, torch.ones_like(front), front), through_hole

@@ -19,7 +19,7 @@ from vq3d.config import LossConfig, RenderConfig
 from vq3d.losses.depth import depth_loss, metric_depth_loss, scale_loss
 from vq3d.losses.depth_target import axis_disparity_map, canonical_target, loss_disparity, relative_target
 from vq3d.losses.gan import discriminator_loss, generator_loss, r1_penalty
-from vq3d.losses.lookat import central_pixels, lookat_loss
+from vq3d.losses.lookat import central_pixels, lookat_loss, subject_lookat_target
 from vq3d.losses.nerf import distortion_loss, interlevel_loss
 from vq3d.losses.reconstruction import LogitLaplaceLoss, mse_loss
 from vq3d.models.quantizer import QuantizerOutput
@@ -89,6 +89,20 @@ def scale_floor(loss_cfg: LossConfig, step: int) -> float:
     if c.depth_scale_floor_steps <= 0:  # a floor for the whole run
         return c.depth_scale_floor
     return c.depth_scale_floor * max(0.0, 1.0 - step / c.depth_scale_floor_steps)
+
+
+def lookat_target(target_disparity: Tensor | None, loss_cfg: LossConfig,
+                  render_cfg: RenderConfig) -> tuple[float | Tensor, Tensor | None]:
+    """The look-at prior's target depth in world units (a float, or (B,) per image) and which
+    images may be farther than it ((B,) bool, or None), per `loss.lookat_placement`."""
+    c = loss_cfg
+    if c.lookat_placement == "fixed":
+        return c.lookat_depth * render_cfg.camera_distance, None
+    if target_disparity is None:
+        raise ValueError("loss.lookat_placement=subject reads each image's depth target, and this batch has "
+                         "none: give the data a depth target or use loss.lookat_placement=fixed")
+    fraction, through_hole = subject_lookat_target(target_disparity, c.lookat_fraction, render_cfg.fov_deg)
+    return fraction * render_cfg.camera_distance, through_hole
 
 
 def generator_losses(
@@ -168,8 +182,8 @@ def generator_losses(
         is_central = (rays[..., None] == central).any(-1).expand(rgb.shape[0], -1)  # (B, N), no host sync
         values = (canonical.depth if c.lookat_statistic == "depth" else
                   axis_disparity_map(canonical, c))  # mean ray depth (as before), or mean camera-axis disparity
-        terms["lookat"] = lookat_loss(values.flatten(1), is_central, c.lookat_depth * render_cfg.camera_distance,
-                                      c.lookat_statistic)
+        target_depth, farther_ok = lookat_target(target_disparity, c, render_cfg)
+        terms["lookat"] = lookat_loss(values.flatten(1), is_central, target_depth, c.lookat_statistic, farther_ok)
         total = total + c.lookat * terms["lookat"]
     if c.distortion or c.interlevel:
         renders = [canonical] + ([novel] if novel is not None else [])
