@@ -60,13 +60,16 @@ def test_the_prior_on_a_rendered_sphere_equals_the_log_ratio_of_its_depth():
         == pytest.approx(math.log(2.0) ** 2)
 
 
-def _one_step(tmp_path, lookat: float, lookat_depth: float = 1.0):
+def _one_step(tmp_path, lookat: float, lookat_depth: float = 1.0, disparity: torch.Tensor | None = None,
+              placement: str = "fixed"):
     cfg = load_config("tiny", [], ["train.device=cpu", "render.train_rays=16", "loss.gan_start_steps=100",
                                    f"loss.lookat={lookat}", "loss.lookat_fraction=0.25",
-                                   f"loss.lookat_depth={lookat_depth}"])
+                                   f"loss.lookat_depth={lookat_depth}", f"loss.lookat_placement={placement}"])
     trainer = Stage1Trainer(cfg, tmp_path)
     g = torch.Generator().manual_seed(0)
     batch = {"image": torch.rand(2, 3, 16, 16, generator=g) * 2 - 1, "disparity": torch.rand(2, 1, 16, 16, generator=g)}
+    if disparity is not None:
+        batch["disparity"] = disparity
     subset = trainer._ray_subset(batch["image"], False, torch.Generator().manual_seed(5))
     return read_scalars(trainer.train_step(batch)), subset
 
@@ -155,25 +158,53 @@ def _traced_disparity(size: int, camera_distance: float, ball: float = 0.0, ring
 
 def test_subject_target_is_the_front_of_a_traced_ball_whatever_the_affine():
     # the central ray meets a ball of radius r at the origin at D - r: the target is 1 - r / D
-    size, d = 64, 1.5
-    balls = (0.25, 0.4, 0.5)  # all inside the view: a wider subject reads as the image's width
-    disparity = torch.cat([_traced_disparity(size, d, ball=r) for r in balls])
-    front, through_hole = subject_lookat_target(disparity, 0.1, 45.0)
-    assert not through_hole.any()
-    # the width is read to a pixel: tan(22.5 deg) x 2 / 64 of the camera distance at most
-    assert front.tolist() == pytest.approx([1.0 - r / d for r in balls], abs=0.015)
+    d = 1.5
+    balls = (0.25, 0.4, 0.5)  # all inside the view (radius < D sin 22.5 deg)
+    for size, tolerance in ((64, 0.015), (256, 0.004)):  # the width is read to a pixel
+        disparity = torch.cat([_traced_disparity(size, d, ball=r) for r in balls])
+        front, through_hole = subject_lookat_target(disparity, 0.1, 45.0)
+        assert not through_hole.any()
+        assert front.tolist() == pytest.approx([1.0 - r / d for r in balls], abs=tolerance)
     # an estimator's unknown scale and shift per image change nothing
     scale, shift = torch.tensor([3.0, 0.2, 40.0]).view(3, 1, 1, 1), torch.tensor([0.7, -5.0, 0.0]).view(3, 1, 1, 1)
     again, hole_again = subject_lookat_target(disparity * scale + shift, 0.1, 45.0)
     assert torch.equal(again, front) and torch.equal(hole_again, through_hole)
 
 
+def test_subject_width_is_the_run_through_the_middle_in_units_of_the_vertical_view():
+    one = _traced_disparity(128, 1.5, ball=0.3)
+    # a second blob on the central rows, as near as the subject but apart from it: not in its run
+    two = one.clone()
+    two[..., 56:72, 4:14] = one.max()
+    # one nearer than the subject: the centre reads as seen past it (the rule's stated limit)
+    nearer = one.clone()
+    nearer[..., 56:72, 4:14] = 2.0 * one.max()
+    fronts, holes = subject_lookat_target(torch.cat([one, two, nearer]), 0.1, 45.0)
+    assert holes.tolist() == [False, False, True]
+    assert float(fronts[1]) == float(fronts[0]) == pytest.approx(0.8, abs=0.008)
+    # a wide image: the field of view spans the rows (vq3d.render.cameras), so the ball's width is
+    # measured in rows' units; traced through the same camera model at 128 x 192
+    origins, dirs = canonical_cameras(1, 1.5, 45.0).rays(128, 192)
+    o, dr = origins.reshape(-1, 3).double(), dirs.reshape(-1, 3).double()
+    b = (o * dr).sum(-1)
+    disc = b**2 - ((o * o).sum(-1) - 0.3**2)
+    z = torch.where(disc > 0, (-b - disc.clamp_min(0).sqrt()) * -dr[:, 2], torch.full_like(b, 2.5))
+    wide, hole = subject_lookat_target((1.0 / z).float().view(1, 1, 128, 192), 0.1, 45.0)
+    assert not hole.any() and float(wide[0]) == pytest.approx(0.8, abs=0.008)
+    # a flat target says nothing: the orbit's centre, both ways
+    flat, flat_hole = subject_lookat_target(torch.full((1, 1, 32, 32), 0.3), 0.1, 45.0)
+    assert float(flat[0]) == 1.0 and not flat_hole.any()
+
+
 def test_subject_target_sees_through_a_ring_and_only_bounds_it_from_the_near_side():
     ring = _traced_disparity(64, 1.5, ring=(0.2, 0.5))
     disc = _traced_disparity(64, 1.5, ring=(0.0, 0.5))
-    target, through_hole = subject_lookat_target(torch.cat([ring, disc]), 0.1, 45.0)
-    assert through_hole.tolist() == [True, False]
-    assert float(target[0]) == 1.0  # past the subject: no nearer than its centre, the orbit's centre
+    # a slit at the middle columns: the central square reads as the subject, its middle does not
+    slit = disc.clone()
+    slit[..., 31:33] = disc.min()
+    target, through_hole = subject_lookat_target(torch.cat([ring, disc, slit]), 0.1, 45.0)
+    assert through_hole.tolist() == [True, False, True]
+    assert float(target[0]) == 1.0 and float(target[2]) == 1.0  # past the subject: no nearer than its centre
     assert float(target[1]) == pytest.approx(1.0 - 0.5 / math.hypot(1.5, 0.5), abs=0.015)  # a flat disc: the ball's
     # the one-sided prior: a farther mean costs nothing, a nearer one as much as the two-sided
     central = torch.ones(2, 4, dtype=torch.bool)
@@ -184,14 +215,28 @@ def test_subject_target_sees_through_a_ring_and_only_bounds_it_from_the_near_sid
     assert float(lookat_loss(torch.full((2, 4), 1 / 3.0), central, 1.5, "disparity", farther_ok)) == 0.0
 
 
-def test_subject_placement_needs_a_target_and_refuses_a_fixed_depth():
+def test_subject_placement_in_a_training_step_is_the_fixed_prior_at_the_image_s_own_target(tmp_path):
+    # two views of one ball: the subject target x is one number, so the first step's prior (the
+    # same render: same seed, same ray subset) must equal the fixed prior's at lookat_depth = x
+    disparity = torch.cat([_traced_disparity(16, 1.5, ball=0.45)] * 2)
+    x = float(subject_lookat_target(disparity, 0.25, 45.0)[0][0])
+    assert 0.6 < x < 0.8
+    subject, subset = _one_step(tmp_path / "subject", 1.0, disparity=disparity, placement="subject")
+    fixed, subset_fixed = _one_step(tmp_path / "fixed", 1.0, x, disparity=disparity)
+    assert torch.equal(subset, subset_fixed)
+    assert subject["lookat"] == pytest.approx(fixed["lookat"], rel=1e-5)
+    centre = _one_step(tmp_path / "centre", 1.0, disparity=disparity)[0]
+    assert abs(subject["lookat"] - centre["lookat"]) > 1e-3  # and not the orbit's centre's
+
+
+def test_subject_placement_refuses_a_fixed_depth_and_falls_back_without_a_target():
     cfg = load_config("tiny", [], ["train.device=cpu", "loss.lookat=1", "loss.lookat_placement=subject"])
     disparity = torch.cat([_traced_disparity(32, cfg.render.camera_distance, ball=0.4)] * 2)
     target, farther_ok = lookat_target(disparity, cfg.loss, cfg.render)
     assert target.shape == (2,) and not farther_ok.any()
     assert float(target[0]) == pytest.approx(cfg.render.camera_distance - 0.4, abs=0.05)
-    with pytest.raises(ValueError, match="lookat_placement=fixed"):
-        lookat_target(None, cfg.loss, cfg.render)
+    # refining a photo without an estimator: nothing to read, the orbit's centre
+    assert lookat_target(None, cfg.loss, cfg.render) == (pytest.approx(cfg.render.camera_distance), None)
     fixed = load_config("tiny", [], ["train.device=cpu", "loss.lookat=1", "loss.lookat_depth=0.8"])
     assert lookat_target(None, fixed.loss, fixed.render) == (pytest.approx(0.8 * fixed.render.camera_distance), None)
     with pytest.raises(ConfigError, match="lookat_depth"):

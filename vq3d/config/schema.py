@@ -160,7 +160,7 @@ class LossConfig:
     lookat_depth: float = 1.0
     # "fixed": every image's central pixels at lookat_depth x camera_distance; "subject": each
     # image's own target, the front of a ball centred at the orbit's centre as wide as the subject
-    # looks in its depth target (vq3d.losses.lookat.subject_front_depth; lookat_depth must be 1),
+    # looks in its depth target (vq3d.losses.lookat.subject_lookat_target; lookat_depth must be 1),
     # and no nearer than the orbit's centre where the centre sees through a hole in the subject
     lookat_placement: Literal["fixed", "subject"] = "fixed"
     # what is put there: "disparity", the central pixels' mean camera-axis disparity (robust to

@@ -94,13 +94,12 @@ def scale_floor(loss_cfg: LossConfig, step: int) -> float:
 def lookat_target(target_disparity: Tensor | None, loss_cfg: LossConfig,
                   render_cfg: RenderConfig) -> tuple[float | Tensor, Tensor | None]:
     """The look-at prior's target depth in world units (a float, or (B,) per image) and which
-    images may be farther than it ((B,) bool, or None), per `loss.lookat_placement`."""
+    images may be farther than it ((B,) bool, or None), per `loss.lookat_placement`. Without a
+    depth target (refining a photo with no estimator) "subject" has nothing to read, and the
+    target is the fixed one (the orbit's centre at `loss.lookat_depth=1`)."""
     c = loss_cfg
-    if c.lookat_placement == "fixed":
+    if c.lookat_placement == "fixed" or target_disparity is None:
         return c.lookat_depth * render_cfg.camera_distance, None
-    if target_disparity is None:
-        raise ValueError("loss.lookat_placement=subject reads each image's depth target, and this batch has "
-                         "none: give the data a depth target or use loss.lookat_placement=fixed")
     fraction, through_hole = subject_lookat_target(target_disparity, c.lookat_fraction, render_cfg.fov_deg)
     return fraction * render_cfg.camera_distance, through_hole
 
