@@ -68,10 +68,11 @@ def demo() -> Config:
             # look-at units binds on the benchmark's rooms); the floor keeps the scene's span within
             # the orbit's centre to infinity, for the whole run
             max_scale=flat_scale(paper_cfg.render, 32), depth_scale_floor=1.0, depth_scale_floor_steps=0,
-            # the paper's relative loss (Eq. 1-3) with the look-at prior, a departure: the central
-            # pixels' mean depth at the orbit's centre, where the camera model puts the subject
-            # ("Geometry from relative pseudo-depth"); loss.depth_target=metric is an upper bound
-            depth_target="relative", lookat=0.1, lookat_depth=1.0,
+            # the paper's relative loss (Eq. 1-3) with the look-at prior, a departure: the subject's
+            # centre at the orbit's centre, where the camera model puts it, so the central pixels at
+            # its front, read per image off its own depth target ("Geometry from relative
+            # pseudo-depth"; "The subject's front, per image"); loss.depth_target=metric is an upper bound
+            depth_target="relative", lookat=0.1, lookat_depth=1.0, lookat_placement="subject",
             # the GAN terms off ("GAN share and GAN batch"): in the demo's minutes the discriminators
             # stay at chance, so the terms teach nothing and cost a sixth of Stage 1's time;
             # --set loss.gan=0.1 runs them over the schedule's last 5%, as the preset did before
