@@ -136,11 +136,12 @@ def test_flat_scale_is_one_pixel_of_parallax_across_the_novel_view_disc():
 
 
 def _traced_disparity(size: int, camera_distance: float, ball: float = 0.0, ring: tuple[float, float] = (0.0, 0.0),
-                      wall: float = 1.0) -> torch.Tensor:
-    """Camera-axis disparity 1 / z (1, 1, size, size) traced through vq3d's canonical camera (45 degrees):
-    a ball of radius `ball` at the origin, or a flat ring facing the camera at z = 0 (inner, outer
-    radius), before a wall `wall` behind the origin."""
-    origins, dirs = canonical_cameras(1, camera_distance, 45.0).rays(size, size)
+                      wall: float = 1.0, width: int | None = None) -> torch.Tensor:
+    """Camera-axis disparity 1 / z (1, 1, size, width or size) traced through vq3d's canonical camera
+    (45 degrees): a ball of radius `ball` at the origin, or a flat ring facing the camera at z = 0
+    (inner, outer radius), before a wall `wall` behind the origin."""
+    width = width or size
+    origins, dirs = canonical_cameras(1, camera_distance, 45.0).rays(size, width)
     o, d = origins.reshape(-1, 3).double(), dirs.reshape(-1, 3).double()
     cos = -d[:, 2]  # the camera looks down -z
     z = torch.full_like(cos, camera_distance + wall)  # the wall, along the axis
@@ -153,7 +154,7 @@ def _traced_disparity(size: int, camera_distance: float, ball: float = 0.0, ring
         t = camera_distance / cos  # the plane z = 0
         radius = (o + t[:, None] * d)[:, :2].norm(dim=-1)
         z = torch.where((radius >= ring[0]) & (radius <= ring[1]), torch.full_like(z, camera_distance), z)
-    return (1.0 / z).float().view(1, 1, size, size)
+    return (1.0 / z).float().view(1, 1, size, width)
 
 
 def test_subject_target_is_the_front_of_a_traced_ball_whatever_the_affine():
@@ -184,12 +185,7 @@ def test_subject_width_is_the_run_through_the_middle_in_units_of_the_vertical_vi
     assert float(fronts[1]) == float(fronts[0]) == pytest.approx(0.8, abs=0.008)
     # a wide image: the field of view spans the rows (vq3d.render.cameras), so the ball's width is
     # measured in rows' units; traced through the same camera model at 128 x 192
-    origins, dirs = canonical_cameras(1, 1.5, 45.0).rays(128, 192)
-    o, dr = origins.reshape(-1, 3).double(), dirs.reshape(-1, 3).double()
-    b = (o * dr).sum(-1)
-    disc = b**2 - ((o * o).sum(-1) - 0.3**2)
-    z = torch.where(disc > 0, (-b - disc.clamp_min(0).sqrt()) * -dr[:, 2], torch.full_like(b, 2.5))
-    wide, hole = subject_lookat_target((1.0 / z).float().view(1, 1, 128, 192), 0.1, 45.0)
+    wide, hole = subject_lookat_target(_traced_disparity(128, 1.5, ball=0.3, width=192), 0.1, 45.0)
     assert not hole.any() and float(wide[0]) == pytest.approx(0.8, abs=0.008)
     # a flat target says nothing: the orbit's centre, both ways
     flat, flat_hole = subject_lookat_target(torch.full((1, 1, 32, 32), 0.3), 0.1, 45.0)

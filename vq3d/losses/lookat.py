@@ -38,14 +38,20 @@ from torch import Tensor
 from vq3d.precision import fp32
 
 
+def central_span(size: int, fraction: float) -> slice:
+    """The central square's rows (or columns) along one side of `size` pixels: `fraction` of it,
+    at least one pixel, centred (exactly for odd sizes)."""
+    side = max(1, round(size * fraction))
+    start = (size - side) // 2
+    return slice(start, start + side)
+
+
 def central_pixels(height: int, width: int, fraction: float, device: torch.device | str = "cpu") -> Tensor:
-    """Raster indices (M,) of the central square whose side is `fraction` of the image's (at
-    least one pixel; odd sizes centre exactly)."""
-    side_h = max(1, round(height * fraction))
-    side_w = max(1, round(width * fraction))
-    top, left = (height - side_h) // 2, (width - side_w) // 2
-    rows = torch.arange(top, top + side_h, device=device)
-    cols = torch.arange(left, left + side_w, device=device)
+    """Raster indices (M,) of the central square whose side is `fraction` of the image's
+    (`central_span` along each side)."""
+    span_h, span_w = central_span(height, fraction), central_span(width, fraction)
+    rows = torch.arange(span_h.start, span_h.stop, device=device)
+    cols = torch.arange(span_w.start, span_w.stop, device=device)
     return (rows[:, None] * width + cols[None, :]).flatten()
 
 
@@ -115,9 +121,7 @@ def subject_lookat_target(target_disparity: Tensor, fraction: float, fov_deg: fl
     """
     d = target_disparity[:, 0].float()  # (B, H, W)
     _, height, width = d.shape
-    side = max(1, round(height * fraction))
-    top = (height - side) // 2
-    rows = d[:, top:top + side]  # (B, S, W) the central square's rows
+    rows = d[:, central_span(height, fraction)]  # (B, S, W) the central square's rows
     central = central_pixels(height, width, fraction, d.device)
     centre = d.flatten(1)[:, central].median(1).values[:, None]  # (B, 1)
     half = width // 2  # the run is counted outwards from the middle, both ways
