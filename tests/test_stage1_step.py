@@ -141,3 +141,61 @@ def test_an_early_low_resolution_novel_view_gan_runs_before_the_main_one(tmp_pat
     assert "gan_main" in logs[3] and "d_main" in logs[3] and "gan_novel" in logs[3]
     panel = stage1_panel(trainer.model, *trainer._last, cfg)  # the log picture shows 8x8 views at 16x16
     assert panel.shape[0] == 3 and panel.shape[-1] >= 5 * 16
+
+
+def _first_updates(tmp_path, sets: list[str]) -> tuple[Stage1Trainer, dict[str, torch.Tensor]]:
+    """A fresh tiny trainer's parameters' changes over one step (the same init and batch each call)."""
+    torch.manual_seed(0)
+    trainer = Stage1Trainer(load_config("tiny", [], ["train.device=cpu", "render.train_rays=32", *sets]),
+                            tmp_path / "_".join(sets or ["default"]))
+    named = {**dict(trainer.model.named_parameters()),
+             **{f"logit_laplace.{k}": v for k, v in trainer.logit_laplace.named_parameters()}}
+    before = {k: v.detach().clone() for k, v in named.items()}
+    trainer.train_step(_batch(0))
+    trainer.step += 1
+    return trainer, {k: v.detach() - before[k] for k, v in named.items()}
+
+
+def test_field_lr_scale_multiplies_the_field_mlps_update_and_no_other(tmp_path):
+    """Adam's first update is lr * g / (|g| + eps) per element, so with the same gradients the
+    field MLPs' first step is `field_lr_scale` times as long and every other parameter's
+    (the logit-Laplace scale's too) is the same; a resumed run rebuilds the groups and loads
+    their optimizer state."""
+    _, plain = _first_updates(tmp_path, [])
+    trainer, scaled = _first_updates(tmp_path, ["train.field_lr_scale=4"])
+    assert [g.get("lr_scale", 1.0) for g in trainer.opt_g.param_groups] == [1.0, 4.0]
+    own = [k for k in plain if k.startswith(("renderer.proposal_mlp", "renderer.nerf_mlp"))]
+    assert own and len(trainer.opt_g.param_groups[1]["params"]) == len(own)
+    for k, d1 in plain.items():
+        if k in own:
+            assert d1.abs().max() > 0
+            torch.testing.assert_close(scaled[k], 4.0 * d1, rtol=1e-3, atol=1e-9)
+        else:
+            torch.testing.assert_close(scaled[k], d1, rtol=0, atol=0)
+    trainer.save()
+    resumed = Stage1Trainer(trainer.cfg, trainer.run_dir, start_step=1)
+    assert [g.get("lr_scale", 1.0) for g in resumed.opt_g.param_groups] == [1.0, 4.0]
+    for new, old in zip(resumed.opt_g.param_groups, trainer.opt_g.param_groups):
+        assert all(torch.equal(resumed.opt_g.state[p]["exp_avg"], trainer.opt_g.state[q]["exp_avg"])
+                   for p, q in zip(new["params"], old["params"]))
+
+
+@pytest.mark.parametrize("setting", ["train.field_lr_scale=0", "train.field_lr_ramp_steps=-1"])
+def test_the_field_rate_settings_are_checked(setting):
+    from vq3d.config.schema import ConfigError
+
+    with pytest.raises(ConfigError, match=setting.split("=")[0]):
+        load_config("tiny", [], [setting])
+
+
+def test_the_field_rate_ramps_from_the_common_rate_to_its_multiple(tmp_path):
+    trainer = Stage1Trainer(load_config("tiny", [], ["train.device=cpu", "render.train_rays=32",
+                                                     "train.field_lr_scale=4", "train.field_lr_ramp_steps=10"]),
+                            tmp_path)
+    ratios = []
+    for step in (0, 5, 10, 20):
+        trainer.step = step
+        trainer.train_step(_batch(step))
+        base, field = (g["lr"] for g in trainer.opt_g.param_groups)
+        ratios.append(field / base)
+    assert ratios == pytest.approx([1.0, 2.5, 4.0, 4.0])

@@ -202,6 +202,12 @@ class TrainConfig:
     # used. 0 = batch_size.
     gan_batch_size: int = 0
     lr: float = 1e-4
+    # the renderer's field MLPs (proposal and NeRF) learn at lr x this (1 = the paper: one rate
+    # for the whole autoencoder; docs/results.md, "The field MLPs' learning rate")
+    field_lr_scale: float = 1.0
+    # ... reached linearly from 1 over this many steps (0 = from the first step); a part of the
+    # schedule's shape, scaled with it like the warm-up (vq3d.train.planner.SCHEDULE_SHAPE)
+    field_lr_ramp_steps: int = 0
     disc_lr: float = 1e-4
     betas: tuple[float, float] = (0.9, 0.99)
     weight_decay: float = 1e-4

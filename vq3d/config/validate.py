@@ -26,6 +26,10 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"loss.lookat_placement=subject sets each image's target from its subject's width, "
                           f"so loss.lookat_depth {L.lookat_depth} would contradict it: leave it at 1 "
                           "or use loss.lookat_placement=fixed")
+    if not cfg.train.field_lr_scale > 0 or cfg.train.field_lr_ramp_steps < 0:
+        raise ConfigError(f"train.field_lr_scale ({cfg.train.field_lr_scale}) must be > 0 (the field MLPs' "
+                          f"rate is train.lr times it) and train.field_lr_ramp_steps "
+                          f"({cfg.train.field_lr_ramp_steps}) >= 0")
     if cfg.render.kernel == "triton":
         reason = fused_unsupported(cfg.render, implicit=cfg.model.representation == "implicit")
         if reason:

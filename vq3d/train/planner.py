@@ -38,8 +38,8 @@ def fit_to_time(steps: int, gan_start: int, done: int, step_seconds: float, gan_
 # warm-ups (learning rate, GAN weight, the s* floor's fade) as steps. A run fitted to its minutes
 # (`fit_to_time`) or given `--steps N` scales them all by one factor, so its cosine decay, GAN
 # share and warm-ups keep their proportions on any machine and at any length.
-SCHEDULE_SHAPE = (("train", "warmup_steps"), ("loss", "gan_start_steps"), ("loss", "gan_warmup_steps"),
-                  ("loss", "depth_scale_floor_steps"), ("loss", "novel_gan_start_steps"))
+SCHEDULE_SHAPE = (("train", "warmup_steps"), ("train", "field_lr_ramp_steps"), ("loss", "gan_start_steps"),
+                  ("loss", "gan_warmup_steps"), ("loss", "depth_scale_floor_steps"), ("loss", "novel_gan_start_steps"))
 
 
 def scale_schedule(cfg: Config, steps: int, keep: tuple[str, ...] = ()) -> dict[str, int]:

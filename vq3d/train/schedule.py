@@ -31,6 +31,13 @@ def lr_at(
     return base_lr * (min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress)))
 
 
+def ramp_scale(step: int, scale: float, ramp_steps: int) -> float:
+    """A group's rate multiplier at `step`: 1 at step 0, `scale` from `ramp_steps` on, linear between."""
+    if ramp_steps <= 0:
+        return scale
+    return 1.0 + (scale - 1.0) * min(1.0, step / ramp_steps)
+
+
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     """Set every param group's rate to `lr` times the group's optional `lr_scale` (default 1)."""
     for group in optimizer.param_groups:

@@ -49,7 +49,7 @@ from vq3d.train.panels import stage1_panel
 from vq3d.train.run_control import RunControl
 from vq3d.train.runs import prepare_run
 from vq3d.train.planner import FIT_PROBE, FitClock, apply_plan, plan_to_minutes
-from vq3d.train.schedule import lr_at, set_lr
+from vq3d.train.schedule import lr_at, ramp_scale, set_lr
 from vq3d.train.step_guard import StepGuard, fused_adamw, keep_fused
 from vq3d.utils.io import atomic_write_json
 
@@ -111,8 +111,7 @@ class Stage1Trainer:
             self.perceptual = self.perceptual.to(self.device)
         self._freeze_unused()  # frozen parameters stay in the optimizer (no gradient: no update),
         # so checkpoints keep one layout whatever the configuration
-        g_params = list(self.model.parameters()) + list(self.logit_laplace.parameters())
-        self.opt_g = fused_adamw(g_params, lr=t.lr, betas=t.betas, weight_decay=t.weight_decay)
+        self.opt_g = fused_adamw(self._generator_groups(), lr=t.lr, betas=t.betas, weight_decay=t.weight_decay)
         self.d_params = ([] if not self.use_gan else
                          list(self.d_main.parameters()) + list(self.d_novel.parameters()))
         self.opt_d = (fused_adamw(self.d_params, lr=t.disc_lr, betas=t.betas, weight_decay=0.0)
@@ -143,6 +142,18 @@ class Stage1Trainer:
         proposal = self.model.renderer.proposal_mlp
         if proposal is not None and not self.cfg.loss.interlevel:
             proposal.requires_grad_(False)
+
+    def _generator_groups(self) -> list[dict]:
+        """The autoencoder's parameter groups: one (the paper's single rate), or with
+        `train.field_lr_scale` != 1 the field MLPs in a second group at that multiple of the rate
+        (`set_lr` reads `lr_scale`). One group, in the order saved runs have, by default."""
+        params = list(self.model.parameters()) + list(self.logit_laplace.parameters())
+        scale = self.cfg.train.field_lr_scale
+        if scale == 1.0:
+            return [{"params": params}]
+        field = {id(p) for p in self.model.renderer.parameters()}
+        return [{"params": [p for p in params if id(p) not in field]},
+                {"params": [p for p in params if id(p) in field], "lr_scale": scale}]
 
     def _modules(self) -> dict[str, nn.Module]:
         mods: dict[str, nn.Module] = {"model": self.model, "logit_laplace": self.logit_laplace}
@@ -185,6 +196,9 @@ class Stage1Trainer:
         if disparity is not None and self.truth_factor is not None:
             disparity = disparity * self.truth_factor
         lr = lr_at(step, cfg.train.lr, cfg.train.warmup_steps, cfg.train.steps, cfg.train.min_lr_ratio)
+        if len(self.opt_g.param_groups) > 1:  # the field MLPs' group (train.field_lr_scale)
+            self.opt_g.param_groups[1]["lr_scale"] = ramp_scale(step, cfg.train.field_lr_scale,
+                                                                cfg.train.field_lr_ramp_steps)
         set_lr(self.opt_g, lr)
         # the step's randomness (jitter, ray subsets, novel cameras, code restarts), on its device
         gen = torch.Generator(device=self.device).manual_seed(
