@@ -47,8 +47,11 @@ TINY = dict(preset="tiny", n_scenes=20, views=2, stage1_steps=3, stage2_steps=2,
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo") / "run"
-    summary = run_demo(out, minutes=10, **TINY)
+    summary = run_demo(out, minutes=10, started_at=time.time() - SPENT_BEFORE, **TINY)
     return out, summary
+
+
+SPENT_BEFORE = 30.0  # seconds of the fixture's budget spent before run_demo (as by `make demo`'s install)
 
 
 def _phases(out):
@@ -95,6 +98,43 @@ def test_training_is_bounded_by_the_given_steps_and_records_its_budget(demo):
     # the planned split: Stage 1 got stage1_fraction of the training time at the start
     t = plan["training_seconds"]
     assert t["stage1"] / (t["stage1"] + t["stage2"]) == pytest.approx(STAGE1_FRACTION, abs=0.01)
+
+
+def test_the_budget_counts_from_started_at(demo):
+    out, summary = demo
+    state = json.loads((out / "demo.json").read_text())
+    assert SPENT_BEFORE <= state["seconds_before_start"] < SPENT_BEFORE + 5
+    assert summary["seconds"] >= SPENT_BEFORE
+    page = (out / "index.html").read_text()
+    assert re.search(r"before the demo \(installing\)</td><td>00:3[0-4]</td>", page)
+    plan = state["plan"]
+    # what the plan handed out leaves exactly the time spent before it was made: the 30 s
+    # before the call, plus the probe
+    spent = (plan["total_seconds"] - plan["reserve_seconds"] - sum(plan["fixed_seconds"].values())
+             - sum(plan["training_seconds"].values()) - 2 * TRAIN_OVERHEAD_SECONDS)
+    assert SPENT_BEFORE <= spent < SPENT_BEFORE + 30
+
+
+def test_started_at_in_the_future_or_past_the_budget_is_refused(tmp_path, capsys):
+    for started_at, message in ((time.time() + 120, "in the future"), (time.time() - 700, "already run out")):
+        out = tmp_path / "x"
+        assert main(["demo", "--out", str(out), "--minutes", "10", "--started-at", str(started_at)]) == 2
+        assert message in capsys.readouterr().err and not out.exists()
+
+
+def test_a_budget_short_after_its_started_at_suggests_minutes_that_count_the_time_spent(tmp_path):
+    args = {k: v for k, v in TINY.items() if k not in ("stage1_steps", "stage2_steps")}
+
+    def suggested(minutes, **kwargs):
+        with pytest.raises(UserError, match="--minutes .* too short") as err:
+            run_demo(tmp_path / "short", minutes=minutes, **args, **kwargs)
+        return float(re.search(r"pass --minutes ([0-9.]+)", str(err.value)).group(1))
+
+    fresh = suggested(0.5)  # what the tiny demo needs from its own start
+    assert fresh < 4
+    # 5 minutes would do from the start, but 4:50 of them went before the call
+    assert suggested(5, started_at=time.time() - 290) >= 290 / 60 + 0.5
+    assert not (tmp_path / "short" / "data").exists()
 
 
 def test_the_cli_help_states_the_stage1_share_and_scene_count_that_the_demo_uses(capsys):

@@ -19,6 +19,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_config_args(p, default_preset="demo")
     p.add_argument("--out", required=True, metavar="DIR", help="demo folder (new, or one to continue)")
     p.add_argument("--minutes", type=float, default=15.0, help="time budget for the whole run (default 15)")
+    p.add_argument("--started-at", type=float, metavar="UNIX_TIME",
+                   help="count --minutes from this moment instead of from now (`make demo` passes when "
+                        "it started, so that the install counts)")
     p.add_argument("--scenes", type=int,
                    help="synthetic scenes, every 10th held out (default: 4000, or 300 per minute under "
                         "13.3 minutes)")
@@ -55,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
         stage2_steps=args.stage2_steps, stage1_fraction=args.stage1_fraction, eval_scenes=args.eval_scenes,
         recon_scenes=args.recon_scenes, samples_per_class=args.samples_per_class, frames=args.frames,
         mesh_resolution=args.mesh_res, config_files=args.config, overrides=args.overrides, device=args.device,
-        progress=not args.no_progress)
+        progress=not args.no_progress, started_at=args.started_at)
     metrics = summary["stage1_metrics"]
     keys = ("novel_view_psnr", "copy_baseline_psnr", "psnr", "depth_accuracy", "disparity_scale")
     print(json.dumps({"index": summary["index"], "seconds": round(summary["seconds"], 1),

@@ -18,7 +18,7 @@ import torch
 from vq3d.config import Config, RenderConfig, load_config
 from vq3d.demo import plan
 from vq3d.demo.optional import OptionalSizes, available_phases, run_optional
-from vq3d.demo.progress import PhaseDisplay
+from vq3d.demo.progress import PhaseDisplay, clock
 from vq3d.demo.schedule import TRAINING, Schedule
 from vq3d.demo.state import DemoLayout, check_resumable, finished, mark_finished, read_json
 from vq3d.demo.training import record_spent, train_stage
@@ -207,6 +207,19 @@ def _validate(minutes: float, n_scenes: int, views: int, stage1_fraction: float,
             raise UserError(f"--{key.replace('_', '-')} {value}: must be positive")
 
 
+def _seconds_before(started_at: float | None, minutes: float) -> float:
+    """Seconds of the budget spent before this call (0 without `started_at`)."""
+    if started_at is None:
+        return 0.0
+    before = time.time() - started_at
+    if before < -1.0:  # `date +%s` rounds down, so the same clock never reads a later start
+        raise UserError(f"--started-at {started_at:.0f} is {-before:.0f} s in the future")
+    if before >= minutes * 60.0:
+        raise UserError(f"--started-at {started_at:.0f} is {before / 60:.1f} minutes ago: --minutes "
+                        f"{minutes:g} from then has already run out")
+    return max(0.0, before)
+
+
 def run_demo(out_dir: str | Path, minutes: float = 15.0, preset: str = "demo",
              stage1_minutes: float | None = None, stage2_minutes: float | None = None,
              n_scenes: int | None = None, resolution: int | None = None, seed: int = 0, resume: bool = True,
@@ -215,8 +228,12 @@ def run_demo(out_dir: str | Path, minutes: float = 15.0, preset: str = "demo",
              eval_scenes: int = 200,
              recon_scenes: int = 4, samples_per_class: int = 2, frames: int = 24, mesh_resolution: int = 32,
              optional: OptionalSizes | None = None, config_files: list[str] = (), overrides: list[str] = (),
-             device: str = "cpu", progress: bool = True, tick_seconds: float = 30.0) -> dict[str, Any]:
+             device: str = "cpu", progress: bool = True, tick_seconds: float = 30.0,
+             started_at: float | None = None) -> dict[str, Any]:
     """Run (or continue) the whole demo in `out_dir` within about `minutes`; returns a summary.
+
+    `started_at` (a UNIX time, None: now) is when the budget began: `make demo` passes the moment
+    it started, so that installing counts against the minutes a newcomer waits.
 
     `n_scenes` None: the dataset already in `out_dir`, else `plan.default_scene_count(minutes)`.
 
@@ -238,6 +255,8 @@ def run_demo(out_dir: str | Path, minutes: float = 15.0, preset: str = "demo",
                "mesh_resolution": mesh_resolution, "eval_scenes": eval_scenes},
               {"stage1_minutes": stage1_minutes, "stage2_minutes": stage2_minutes},
               {"stage1_steps": stage1_steps, "stage2_steps": stage2_steps})
+    before = _seconds_before(started_at, minutes)
+    started -= before
     sets = list(overrides) + ([f"data.resolution={resolution}"] if resolution is not None else [])
     sets += [f"train.seed={seed}", f"train.device={device}"]
     cfg = load_config(preset, list(config_files), [*sets, f"data.path={layout.data}"])
@@ -255,9 +274,13 @@ def run_demo(out_dir: str | Path, minutes: float = 15.0, preset: str = "demo",
     layout.root.mkdir(parents=True, exist_ok=True)
     demo = Demo(layout, cfg, settings, sets, optional or OptionalSizes(), device, progress, tick_seconds)
     demo.display.started = started
+    if before > 0:
+        demo.display.write(f"the {minutes:g} minutes count from --started-at: {clock(before)} (mm:ss) spent "
+                           f"before this command (installing), {clock(minutes * 60.0 - before)} left")
     plan_info = demo.schedule.make_plan()
     state = {"settings": settings, "plan": plan_info, "torch_threads": torch.get_num_threads(),
-             "torch_version": torch.__version__, "command": demo_command(settings)}
+             "torch_version": torch.__version__, "command": demo_command(settings),
+             "seconds_before_start": round(before, 1)}
     atomic_write_json(layout.state, state)
     demo.display.write(demo.schedule.describe(plan_info))
     records = demo.run()

@@ -102,8 +102,8 @@ class Schedule:
             o = self.optional
             self.optional = replace(o, generation_n=plan.scaled(o.generation_n, factor, 8),
                                     radius_n=plan.scaled(o.radius_n, factor, 2),
-                                    features_minutes=round(max(0.1, min(o.features_minutes,
-                                                                        o.features_minutes * factor)), 3))
+                                    features_minutes=round(min(o.features_minutes,
+                                                               max(0.1, o.features_minutes * factor)), 3))
             estimates = {n: v for n, v in self.estimates().items() if n not in exclude}
         factor = plan.scale_factor(estimates, available, share, plan.VISUAL_PHASES)
         if factor < 1.0:
@@ -125,7 +125,7 @@ class Schedule:
         self.costs = plan.probe_costs(self.cfg, self.settings["device"], views=self.settings["views"]) if todo else None
         estimates = self.estimates()
         if self.costs is not None:
-            estimates = self.shrink(estimates, self.total_seconds - self.reserve, plan.FIXED_SHARE)
+            estimates = self.shrink(estimates, self.seconds_left(), plan.FIXED_SHARE)
         self._publish(estimates)
         self.planned = {name: self.training_budget(name) for name in TRAINING}
         for name, seconds in self.planned.items():
@@ -154,7 +154,7 @@ class Schedule:
             return
         fraction = min(self.settings["stage1_fraction"], 1 - self.settings["stage1_fraction"])
         fixed = self.fixed_left() + 2 * plan.TRAIN_OVERHEAD_SECONDS + floor / max(fraction, 1e-3)
-        needed = max(fixed + 10.0, fixed / 0.97) / 60.0
+        needed = (max(fixed + 10.0, fixed / 0.97) + self.display.elapsed()) / 60.0  # from the budget's start
         raise UserError(
             f"--minutes {self.settings['minutes']:g} is too short: the fixed phases need about "
             f"{clock(self.fixed_left())} (mm:ss) on this machine, leaving under "
