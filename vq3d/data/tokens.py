@@ -122,7 +122,9 @@ def extract_tokens(stage1_run: str | Path, data_path: str, out_dir: str | Path, 
 
     stage1_run, out_dir = Path(stage1_run), Path(out_dir)
     model, cfg = load_stage1(stage1_run, device)
-    dataset: Dataset = build_dataset(replace(cfg.data, path=data_path, hflip=False), split, train=False)
+    # the images only: a synthetic scene's novel views were 4 of every 5 files read
+    dataset: Dataset = build_dataset(replace(cfg.data, path=data_path, hflip=False), split, train=False,
+                                     novel_views=False)
     if not hasattr(dataset, "__len__"):
         raise UserError("token extraction needs a map-style dataset (an image folder, file list or "
                         "synthetic dataset), not streaming shards")
