@@ -345,6 +345,16 @@ def test_a_short_budget_shrinks_the_fixed_phases_to_their_share(tmp_path):
     assert roomy.sizes == {"eval_scenes": 200, "recon_scenes": 4, "samples_per_class": 2, "frames": 24}
 
 
+def test_shrinking_never_raises_the_feature_nets_minutes(tmp_path):
+    schedule, _ = _schedule(tmp_path, minutes=5)
+    schedule.optional = OptionalSizes(features_minutes=0.05)  # already under the shrink's 0.1 floor
+    schedule.shrink(schedule.estimates(), 60.0, 0.35)
+    assert schedule.optional.features_minutes == 0.05
+    roomy, _ = _schedule(tmp_path / "roomy", minutes=5)
+    roomy.shrink(roomy.estimates(), 60.0, 0.35)  # the default 0.5 shrinks, to the floor at most
+    assert 0.1 <= roomy.optional.features_minutes < 0.5
+
+
 def test_behind_schedule_optional_metrics_are_skipped_and_samples_shrink(tmp_path):
     done = ["synth", "stage1", "eval_stage1", "reconstruct", "tokens", "stage2"]
     schedule, display = _schedule(tmp_path, minutes=2, done=done)
