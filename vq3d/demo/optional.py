@@ -18,10 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from vq3d.data.synthetic_writer import TEST_EVERY
 from vq3d.demo.plan import LOAD_SECONDS
 from vq3d.utils.io import atomic_write_json
 
-PNG_DECODE_SECONDS = 0.0002  # one 32x32 view read for the feature net (1.7 s for 9,000 on 2 cores)
 
 
 @dataclass
@@ -73,17 +73,21 @@ def available_phases() -> list[tuple[str, str]]:
 
 
 def estimate_seconds(name: str, sizes: OptionalSizes, costs: Any, n_train: int, views: int) -> float:
-    """Rough seconds of an optional phase from the unit costs of `plan.probe_costs` (a fresh-clone
-    demo on 2 cores measured 31.7, 2.8 and 2.0 s for the three, where the 5 s start-up and 1 ms PNG
-    decodes assumed before gave 42, 8.7 and 8.6 s)."""
-    if name == "features":
-        loading = n_train * (1 + views) * PNG_DECODE_SECONDS
+    """Rough seconds of an optional phase from the unit costs of `plan.probe_costs`: the images it
+    reads, renders, encodes and samples (batched, as the evaluations run them)."""
+    n_test = n_train // (TEST_EVERY - 1)
+    if name == "features":  # every view of the training scenes, the canonical views of the held-out
+        loading = n_train * costs.scene_read + n_test * costs.canonical_read
         return LOAD_SECONDS + loading + sizes.features_minutes * 60.0
-    if name == "eval_generation":  # s1: encode + canonical + novel; s2: sample + canonical + novel
-        return LOAD_SECONDS + sizes.generation_n * (costs.encode + 4 * costs.render_batched + costs.sample_sequence)
-    if name == "eval_radius":  # model renders + exact ground-truth re-renders at each radius, then samples
-        per_radius = 2 * costs.render_batched
-        return LOAD_SECONDS + sizes.radius_n * (len(sizes.radii) * 2 * per_radius + costs.sample_sequence)
+    if name == "eval_generation":  # s1: read + encode + canonical + novel; s2: sample + canonical + novel
+        per_scene = costs.scene_read + costs.encode + 4 * costs.render_batched + costs.sample_batched
+        return LOAD_SECONDS + sizes.generation_n * per_scene
+    if name == "eval_radius":  # at each radius: the model's render and an exact ray-cast ground truth
+        # of each Stage-1 scene (a view's share of a synthetic scene's cost), a sample's render
+        ray_cast = costs.synth_scene / (1 + views)
+        per_radius = 2 * costs.render_batched + ray_cast
+        return LOAD_SECONDS + sizes.radius_n * (len(sizes.radii) * per_radius + costs.canonical_read
+                                                + costs.sample_batched)
     raise KeyError(name)
 
 

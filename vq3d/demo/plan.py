@@ -13,12 +13,14 @@ run's own model sizes, untrained), so a busy machine or a larger preset plans fo
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict, dataclass
 
 import torch
 
 from vq3d.config import Config
+from vq3d.data.synthetic_writer import TEST_EVERY
 
 # scenes ray-cast and written to time the synth phase (after one warm-up scene): a scene's cost
 # varies 3x with its shapes, so 3 scenes read 4.6 ms where 2,000 took 8.1 ms a scene (its file
@@ -28,11 +30,17 @@ SYNTH_PROBE_SCENES = 20
 # machine planned 2:13 for fixed phases that took 1:42 (each minute overestimated is 48 s that
 # Stage 1 hands to Stage 2, which gains nothing from it past ~700 steps)
 PROBE_REPEATS = 3
+EVAL_BATCH = 16  # the evaluations' batch size (`vq3d eval ... --batch-size` default)
+# Stage-1 training steps timed (after the warm-up ones) to foresee how many steps Stage 1 makes
+TRAIN_PROBE_WARMUP, TRAIN_PROBE_STEPS = 2, 4
 # set aside per training stage beyond its --max-minutes: the process's start-up and last step's
 # overrun (the run's own start-up, checkpoints and validation fit within its minutes: Stage 1 took
 # 521 s of a 545 s budget on a fresh-clone demo, Stage 2 126 s of 188)
 TRAIN_OVERHEAD_SECONDS = 5.0
-REPORT_SECONDS = 3.0
+REPORT_SECONDS = 1.0  # the page took 0.1 s in fresh-clone demos
+# the first import of trimesh and scikit-image's marching cubes (the mesh export), which a fresh
+# install has not byte-compiled: 3.5 s of the reconstructions' 8.3 s on a 2-core machine
+MESH_IMPORT_SECONDS = 4.0
 # a phase's fixed start (loading models, building datasets) and the writing of one scene's files
 # (PNGs, the MP4 from an ffmpeg process, the GIF, triplanes): about twice what a fresh-clone demo
 # measured on 2 cores (docs/results.md, "The demo in 15 minutes"), since they come after Stage 2,
@@ -56,6 +64,14 @@ VISUAL_PHASES = ("reconstruct", "generate")
 # (docs/results.md, "Training scenes")
 SCENES_PER_MINUTE = 300
 MAX_DEFAULT_SCENES = 4000
+# Within that cap, the demo makes as many scenes as its Stage 1 can use: enough that each training
+# image is seen about this many times in the steps this machine is foreseen to make. At 5,000
+# steps of batch 8 (22 passes over 1,800 training images) 4,000 scenes were level with 2,000
+# (-0.05 dB novel view); at 9,694 steps (43 passes) they gave +0.12 dB (docs/results.md,
+# "Training scenes"). The extra scenes cost time before Stage 1 (ray casting, pseudo-depth,
+# tokens: 45 s on the slowest 2-core machine measured), so a machine that makes fewer steps
+# gets fewer scenes and more steps.
+EPOCHS_ENOUGH = 22
 
 
 @dataclass
@@ -68,6 +84,10 @@ class UnitCosts:
     sample_sequence: float  # one Stage-2 sequence sampled (with the KV cache)
     probe_seconds: float  # what measuring took
     synth_scene: float = 0.0  # one synthetic scene ray-cast (canonical + novel views) and written, at the run's resolution
+    train_step: float = 0.0  # one Stage-1 training step at the run's batch size (eager, random images)
+    sample_batched: float = 0.0  # one Stage-2 sequence sampled inside a batch of EVAL_BATCH (the metrics)
+    canonical_read: float = 0.0  # one scene's canonical view and depth read from disk (tokens, evaluation)
+    scene_read: float = 0.0  # one scene's views and depth read from disk (the feature net)
 
     def as_dict(self) -> dict[str, float]:
         return asdict(self)
@@ -91,10 +111,13 @@ class DemoSizes:
 
 
 @torch.no_grad()
-def probe_costs(cfg: Config, device: str = "cpu", batch: int = 4, num_classes: int = 5, views: int = 4) -> UnitCosts:
-    """Time a batched render, a single render, an encode and a sampled sequence of an untrained
-    model of `cfg`'s sizes (each the least of PROBE_REPEATS calls, after a warm-up), and the ray
-    casting of synthetic scenes of `views` novel views; about a second for the demo preset."""
+def probe_costs(cfg: Config, device: str = "cpu", batch: int = EVAL_BATCH, num_classes: int = 5,
+                views: int = 4) -> UnitCosts:
+    """Time a batched render, a single render, an encode, a sampled sequence alone and in a batch of
+    an untrained model of `cfg`'s sizes (each the least of PROBE_REPEATS calls, after a warm-up;
+    the batch once), the making and reading back of synthetic scenes of `views` novel views, and a
+    Stage-1 training step; 6 s for the demo preset on 2 cores, 2.5 s of it imports that Stage 1
+    makes anyway."""
     from vq3d.models.gpt import GPT
     from vq3d.models.sampling import sample
     from vq3d.models.stage1 import Stage1Model
@@ -122,36 +145,70 @@ def probe_costs(cfg: Config, device: str = "cpu", batch: int = 4, num_classes: i
     gpt = GPT(cfg.model.codebook_size, model.grid**2, num_classes, cfg.stage2).to(device).eval()
     labels = torch.zeros(1, dtype=torch.long, device=device)
     sample_sequence = least(lambda: sample(gpt, 1, labels, generator=torch.Generator(device).manual_seed(0)))
-    synth_scene = _time_synth_scene(cfg, views, timed)
+    batch_labels = torch.zeros(EVAL_BATCH, dtype=torch.long, device=device)
+    sample_batched = timed(lambda: sample(gpt, EVAL_BATCH, batch_labels,
+                                          generator=torch.Generator(device).manual_seed(0))) / EVAL_BATCH
+    synth_scene, canonical_read, scene_read = _time_synth_scenes(cfg, views, timed)
+    train_step = _time_train_step(cfg, device, timed)
     return UnitCosts(render_batched, render_single, encode, sample_sequence, time.perf_counter() - start,
-                     synth_scene)
+                     synth_scene, train_step, sample_batched, canonical_read, scene_read)
 
 
-def _time_synth_scene(cfg: Config, views: int, timed) -> float:
-    """Seconds to ray-cast one synthetic scene and write its files as `vq3d synth` does, the mean
-    of SYNTH_PROBE_SCENES after a warm-up (serial here; the phase writes on a thread beside the
-    ray casting)."""
+@torch.enable_grad()
+def _time_train_step(cfg: Config, device: str, timed) -> float:
+    """Seconds of one Stage-1 training step of `cfg` on random images and disparity: the mean of
+    TRAIN_PROBE_STEPS after TRAIN_PROBE_WARMUP, eager (the run's compiled field is ~13% faster
+    after a ~25 s compile, which about evens out over a demo's Stage 1)."""
+    import copy
     import tempfile
-    from pathlib import Path
 
-    from vq3d.data.synthetic import CameraSettings, sample_scene
-    from vq3d.data.synthetic_writer import render_for_disk, write_scene_files
+    from vq3d.train.stage1 import Stage1Trainer
+
+    probe_cfg = copy.deepcopy(cfg)
+    probe_cfg.render.compile_field = False
+    probe_cfg.train.device = device
+    gen = torch.Generator().manual_seed(0)
+    b, res = cfg.train.batch_size, cfg.data.resolution
+    batch = {"image": (torch.rand(b, 3, res, res, generator=gen) * 2 - 1).to(device),
+             "disparity": torch.rand(b, 1, res, res, generator=gen).to(device)}
+    with tempfile.TemporaryDirectory(prefix="vq3d-step-probe-") as run_dir:
+        trainer = Stage1Trainer(probe_cfg, run_dir)
+        for _ in range(TRAIN_PROBE_WARMUP):
+            trainer.train_step(batch)
+        return sum(timed(lambda: trainer.train_step(batch)) for _ in range(TRAIN_PROBE_STEPS)) / TRAIN_PROBE_STEPS
+
+
+def _time_synth_scenes(cfg: Config, views: int, timed) -> tuple[float, float, float]:
+    """(seconds to make one synthetic scene, to read back its canonical view, to read back all its
+    views): `generate_dataset` (the synth phase's code, writing threads included) continues a
+    one-scene dataset by SYNTH_PROBE_SCENES scenes, and the `SyntheticDataset` reads of every
+    training scene among them are timed as the token extraction (canonical views) and the feature
+    net (every view) read them."""
+    import tempfile
+
+    from vq3d.data.synthetic import CameraSettings
+    from vq3d.data.synthetic_dataset import SyntheticDataset
+    from vq3d.data.synthetic_writer import generate_dataset
 
     r = cfg.render
     camera = CameraSettings(r.camera_distance, r.fov_deg, r.sampling_radius)
     with tempfile.TemporaryDirectory(prefix="vq3d-synth-probe-") as tmp:
-        def cast_and_write(index: int) -> None:
-            write_scene_files(Path(tmp), *render_for_disk(sample_scene(0, index, views, camera),
-                                                          cfg.data.resolution, camera.supersample))
-
-        cast_and_write(0)
-        return sum(timed(lambda i=i: cast_and_write(i)) for i in range(1, 1 + SYNTH_PROBE_SCENES)) / SYNTH_PROBE_SCENES
+        make = lambda n: generate_dataset(tmp, n, cfg.data.resolution, views, 0, camera,  # noqa: E731
+                                          progress=False)
+        make(1)  # warm-up
+        synth_scene = timed(lambda: make(1 + SYNTH_PROBE_SCENES)) / SYNTH_PROBE_SCENES
+        reads = []
+        for novel_views in (False, True):
+            dataset = SyntheticDataset(tmp, "train", novel_views=novel_views)
+            dataset[0]  # warm-up: the image decoder's first call loads its plugins
+            reads.append(timed(lambda d=dataset: [d[i] for i in range(len(d))]) / len(dataset))
+    return synth_scene, reads[0], reads[1]
 
 
 def estimate_fixed_seconds(sizes: DemoSizes, costs: UnitCosts) -> dict[str, float]:
     """Estimated seconds of every phase but the training loops, from the work each one does."""
     s, c = sizes, costs
-    n_test = s.n_scenes // 10  # synthetic_writer.TEST_EVERY: every 10th scene is held out
+    n_test = s.n_scenes // TEST_EVERY  # every 10th scene is held out
     n_train = s.n_scenes - n_test
     n_eval = min(s.eval_scenes, n_test) if s.eval_scenes else n_test
     n_recon = min(s.recon_scenes, n_test)
@@ -160,18 +217,27 @@ def estimate_fixed_seconds(sizes: DemoSizes, costs: UnitCosts) -> dict[str, floa
     mesh = s.mesh_resolution**3 / (s.resolution**2 * s.samples_per_ray) * c.render_single  # density queries
     return {
         "synth": max(0, s.n_scenes - s.synth_done) * c.synth_scene,
-        "eval_stage1": LOAD_SECONDS + n_eval * ((1 + s.views) * c.render_batched + c.encode),
-        "reconstruct": 2 * LOAD_SECONDS + n_recon * (scene_files + mesh + (1 + s.views) * c.render_single),
-        "tokens": LOAD_SECONDS + n_train * c.encode,
+        "eval_stage1": LOAD_SECONDS + n_eval * ((1 + s.views) * c.render_batched + c.encode + c.scene_read),
+        "reconstruct": 2 * LOAD_SECONDS + MESH_IMPORT_SECONDS + n_recon * (scene_files + mesh
+                                                                            + (1 + s.views) * c.render_single),
+        "tokens": LOAD_SECONDS + n_train * (c.encode + c.canonical_read),
         "generate": s.classes * LOAD_SECONDS + s.generated * (c.sample_sequence + scene_files),
         "report": REPORT_SECONDS,
     }
 
 
 def default_scene_count(minutes: float) -> int:
-    """Synthetic scenes when none are asked for: SCENES_PER_MINUTE per minute of budget,
-    MAX_DEFAULT_SCENES at most, 200 at least."""
+    """The most synthetic scenes a budget of `minutes` makes when none are asked for:
+    SCENES_PER_MINUTE per minute, MAX_DEFAULT_SCENES at most, 200 at least."""
     return int(min(MAX_DEFAULT_SCENES, max(200, round(minutes * SCENES_PER_MINUTE / 10) * 10)))
+
+
+def scenes_for_steps(steps: float, batch_size: int, fewest: int, most: int) -> int:
+    """Scenes enough that `steps` Stage-1 steps of `batch_size` images see each training image
+    (9 of every 10 scenes) EPOCHS_ENOUGH times, rounded up to 100, between `fewest` and `most`."""
+    train_images = steps * batch_size / EPOCHS_ENOUGH
+    wanted = math.ceil(train_images / (1.0 - 1.0 / TEST_EVERY) / 100.0) * 100
+    return int(min(most, max(fewest, wanted)))
 
 
 def scale_factor(estimates: dict[str, float], available_seconds: float, share: float = FIXED_SHARE,
