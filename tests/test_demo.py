@@ -491,6 +491,30 @@ def test_probe_times_the_synth_ray_caster_and_its_file_writing(monkeypatch):
     assert estimate_fixed_seconds(sizes, costs)["synth"] == pytest.approx(60 * costs.synth_scene)
 
 
+def test_probe_times_training_steps_and_bounds_a_slow_one(monkeypatch):
+    import vq3d.demo.plan as plan
+    from vq3d.train.stage1 import Stage1Trainer
+
+    calls = []
+
+    def fake_step(self, batch, seconds=0.01):
+        calls.append(batch["image"].shape)
+        time.sleep(seconds)
+        return {}
+
+    monkeypatch.setattr(Stage1Trainer, "train_step", fake_step)
+    cfg = load_config("tiny")
+    costs = plan.probe_costs(cfg)
+    assert len(calls) == plan.TRAIN_PROBE_WARMUP + plan.TRAIN_PROBE_STEPS
+    assert calls[0] == (cfg.train.batch_size, 3, cfg.data.resolution, cfg.data.resolution)
+    assert 0.01 <= costs.train_step < 0.05
+    calls.clear()  # a step of 0.4 s against a 0.5 s bound: one warm-up and one timed step
+    monkeypatch.setattr(Stage1Trainer, "train_step", lambda self, batch: fake_step(self, batch, 0.4))
+    monkeypatch.setattr(plan, "TRAIN_PROBE_SECONDS", 0.5)
+    costs = plan.probe_costs(cfg)
+    assert len(calls) == 2 and 0.4 <= costs.train_step < 0.6
+
+
 def test_probe_keeps_the_least_of_repeated_timings(monkeypatch):
     import vq3d.models.sampling as sampling
     from vq3d.demo.plan import EVAL_BATCH, PROBE_REPEATS, probe_costs

@@ -23,7 +23,6 @@ from vq3d.demo.plan import LOAD_SECONDS
 from vq3d.utils.io import atomic_write_json
 
 
-
 @dataclass
 class OptionalSizes:
     """How much work the optional phases do."""
