@@ -23,9 +23,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="count --minutes from this moment instead of from now (`make demo` passes when "
                         "it started, so that the install counts)")
     p.add_argument("--scenes", type=int,
-                   help="synthetic scenes, every 10th held out (default: enough that Stage 1's foreseen "
-                        "steps on this machine see each training image about 22 times, at least 10x "
-                        "--eval-scenes; at most 4000, or 300 per minute under 13.3 minutes)")
+                   help="synthetic scenes, every 10th held out (default: 4000, or 300 per minute under "
+                        "13.3 minutes)")
     p.add_argument("--res", type=int, help="image resolution (default: the preset's data.resolution)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--views", type=int, default=4, help="ground-truth novel views per scene (default 4)")

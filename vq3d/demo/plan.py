@@ -13,7 +13,6 @@ run's own model sizes, untrained), so a busy machine or a larger preset plans fo
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import asdict, dataclass
 
@@ -31,8 +30,6 @@ SYNTH_PROBE_SCENES = 20
 # Stage 1 hands to Stage 2, which gains nothing from it past ~700 steps)
 PROBE_REPEATS = 3
 EVAL_BATCH = 16  # the evaluations' batch size (`vq3d eval ... --batch-size` default)
-# Stage-1 training steps timed (after the warm-up ones) to foresee how many steps Stage 1 makes
-TRAIN_PROBE_WARMUP, TRAIN_PROBE_STEPS, TRAIN_PROBE_SECONDS = 2, 4, 3.0
 # set aside per training stage beyond its --max-minutes: the process's start-up and last step's
 # overrun (the run's own start-up, checkpoints and validation fit within its minutes: Stage 1 took
 # 521 s of a 545 s budget on a fresh-clone demo, Stage 2 126 s of 188)
@@ -61,17 +58,10 @@ VISUAL_PHASES = ("reconstruct", "generate")
 # default dataset size: 300 scenes per minute of budget, 4,000 from 13.3 minutes on. At the demo's
 # ~10,000 Stage-1 steps on a fast 2-core machine, 4,000 scenes gave +0.12 dB novel view over
 # 2,000 (whose 1,800 training images were seen 43 times); at 5,000 steps they were level
-# (docs/results.md, "Training scenes")
+# (docs/results.md, "Training scenes"); at 3,600 steps, as slow 2-core machines make, 4,000 were
+# still ahead by 0.02-0.07 dB in two seeds, which the ~5% more steps 2,000 leave did not buy back
 SCENES_PER_MINUTE = 300
 MAX_DEFAULT_SCENES = 4000
-# Within that cap, the demo makes as many scenes as its Stage 1 can use: enough that each training
-# image is seen about this many times in the steps this machine is foreseen to make. At 5,000
-# steps of batch 8 (22 passes over 1,800 training images) 4,000 scenes were level with 2,000
-# (-0.05 dB novel view); at 9,694 steps (43 passes) they gave +0.12 dB (docs/results.md,
-# "Training scenes"). The extra scenes cost time before Stage 1 (ray casting, pseudo-depth,
-# tokens: 45 s on the slowest 2-core machine measured), so a machine that makes fewer steps
-# gets fewer scenes and more steps.
-EPOCHS_ENOUGH = 22
 
 
 @dataclass
@@ -84,7 +74,6 @@ class UnitCosts:
     sample_sequence: float  # one Stage-2 sequence sampled (with the KV cache)
     probe_seconds: float  # what measuring took
     synth_scene: float = 0.0  # one synthetic scene ray-cast (canonical + novel views) and written, at the run's resolution
-    train_step: float = 0.0  # one Stage-1 training step at the run's batch size (eager, random images)
     sample_batched: float = 0.0  # one Stage-2 sequence sampled inside a batch of EVAL_BATCH (the metrics)
     canonical_read: float = 0.0  # one scene's canonical view and depth read from disk (tokens, evaluation)
     scene_read: float = 0.0  # one scene's views and depth read from disk (the feature net)
@@ -115,9 +104,8 @@ def probe_costs(cfg: Config, device: str = "cpu", batch: int = EVAL_BATCH, num_c
                 views: int = 4) -> UnitCosts:
     """Time a batched render, a single render, an encode, a sampled sequence alone and in a batch of
     an untrained model of `cfg`'s sizes (each the least of PROBE_REPEATS calls, after a warm-up;
-    the batch once), the making and reading back of synthetic scenes of `views` novel views, and a
-    Stage-1 training step; 6 s for the demo preset on 2 cores, 2.5 s of it imports that Stage 1
-    makes anyway."""
+    the batch once), and the making and reading back of synthetic scenes of `views` novel views;
+    2-3 s for the demo preset on 2 cores."""
     from vq3d.models.gpt import GPT
     from vq3d.models.sampling import sample
     from vq3d.models.stage1 import Stage1Model
@@ -149,41 +137,8 @@ def probe_costs(cfg: Config, device: str = "cpu", batch: int = EVAL_BATCH, num_c
     sample_batched = timed(lambda: sample(gpt, EVAL_BATCH, batch_labels,
                                           generator=torch.Generator(device).manual_seed(0))) / EVAL_BATCH
     synth_scene, canonical_read, scene_read = _time_synth_scenes(cfg, views, timed)
-    train_step = _time_train_step(cfg, device, timed)
     return UnitCosts(render_batched, render_single, encode, sample_sequence, time.perf_counter() - start,
-                     synth_scene, train_step, sample_batched, canonical_read, scene_read)
-
-
-@torch.enable_grad()
-def _time_train_step(cfg: Config, device: str, timed) -> float:
-    """Seconds of one Stage-1 training step of `cfg` on random images and disparity, eager: the
-    least of TRAIN_PROBE_STEPS after TRAIN_PROBE_WARMUP, fewer when they would take more than
-    TRAIN_PROBE_SECONDS (a preset too large for this machine is timed by one step). In a
-    fresh-clone demo on 2 cores it read 0.152 s (then the mean of 4 steps) where the run's
-    compiled steps averaged 0.150 s after their compile."""
-    import copy
-    import tempfile
-
-    from vq3d.train.stage1 import Stage1Trainer
-
-    probe_cfg = copy.deepcopy(cfg)
-    probe_cfg.render.compile_field = False
-    probe_cfg.train.device = device
-    gen = torch.Generator().manual_seed(0)
-    b, res = cfg.train.batch_size, cfg.data.resolution
-    batch = {"image": (torch.rand(b, 3, res, res, generator=gen) * 2 - 1).to(device),
-             "disparity": torch.rand(b, 1, res, res, generator=gen).to(device)}
-    with tempfile.TemporaryDirectory(prefix="vq3d-step-probe-") as run_dir:
-        trainer = Stage1Trainer(probe_cfg, run_dir)
-        step = lambda: trainer.train_step(batch)  # noqa: E731
-        spent = timed(step)  # warm-up: first calls allocate and choose kernels
-        for _ in range(TRAIN_PROBE_WARMUP - 1):
-            if spent < TRAIN_PROBE_SECONDS / 2:
-                spent += timed(step)
-        times = [timed(step)]
-        while len(times) < TRAIN_PROBE_STEPS and spent + sum(times) < TRAIN_PROBE_SECONDS:
-            times.append(timed(step))
-        return min(times)  # as the other probes: one step can catch a slow moment of the machine
+                     synth_scene, sample_batched, canonical_read, scene_read)
 
 
 def _time_synth_scenes(cfg: Config, views: int, timed) -> tuple[float, float, float]:
@@ -235,17 +190,9 @@ def estimate_fixed_seconds(sizes: DemoSizes, costs: UnitCosts) -> dict[str, floa
 
 
 def default_scene_count(minutes: float) -> int:
-    """The most synthetic scenes a budget of `minutes` makes when none are asked for:
-    SCENES_PER_MINUTE per minute, MAX_DEFAULT_SCENES at most, 200 at least."""
+    """Synthetic scenes when none are asked for: SCENES_PER_MINUTE per minute of budget,
+    MAX_DEFAULT_SCENES at most, 200 at least."""
     return int(min(MAX_DEFAULT_SCENES, max(200, round(minutes * SCENES_PER_MINUTE / 10) * 10)))
-
-
-def scenes_for_steps(steps: float, batch_size: int, fewest: int, most: int) -> int:
-    """Scenes enough that `steps` Stage-1 steps of `batch_size` images see each training image
-    (9 of every 10 scenes) EPOCHS_ENOUGH times, rounded up to 100, between `fewest` and `most`."""
-    train_images = steps * batch_size / EPOCHS_ENOUGH
-    wanted = math.ceil(train_images / (1.0 - 1.0 / TEST_EVERY) / 100.0) * 100
-    return int(min(most, max(fewest, wanted)))
 
 
 def scale_factor(estimates: dict[str, float], available_seconds: float, share: float = FIXED_SHARE,

@@ -185,11 +185,11 @@ class Demo:
         return {"index": str(build_report(self.layout.root, self.display.lines, phases))}
 
 
-def _validate(minutes: float, n_scenes: int | None, views: int, stage1_fraction: float, counts: dict[str, int],
+def _validate(minutes: float, n_scenes: int, views: int, stage1_fraction: float, counts: dict[str, int],
               explicit: dict[str, float | None], steps: dict[str, int | None]) -> None:
     if minutes <= 0:
         raise UserError(f"--minutes {minutes:g}: the time budget must be positive, e.g. --minutes 15")
-    if n_scenes is not None and n_scenes < 10:
+    if n_scenes < 10:
         raise UserError(f"--scenes {n_scenes}: need at least 10 (every 10th scene is held out for "
                         "evaluation)")
     if views < 1:
@@ -235,8 +235,7 @@ def run_demo(out_dir: str | Path, minutes: float = 15.0, preset: str = "demo",
     `started_at` (a UNIX time, None: now) is when the budget began: `make demo` passes the moment
     it started, so that installing counts against the minutes a newcomer waits.
 
-    `n_scenes` None: the dataset already in `out_dir`, else as many scenes as the Stage-1 steps
-    this machine is foreseen to make can use (`Schedule.choose_scene_count`).
+    `n_scenes` None: the dataset already in `out_dir`, else `plan.default_scene_count(minutes)`.
 
     Budget: unit costs are measured on this machine (`plan.probe_costs`), the fixed phases are
     estimated from the scene and sample counts, and Stage 1 gets `stage1_fraction` (None:
@@ -248,9 +247,9 @@ def run_demo(out_dir: str | Path, minutes: float = 15.0, preset: str = "demo",
     started = time.monotonic()
     stage1_fraction = plan.STAGE1_FRACTION if stage1_fraction is None else stage1_fraction
     layout = DemoLayout(Path(out_dir))
-    if n_scenes is None:  # a rerun keeps the dataset it made, whatever --minutes says now; a new
-        # one is sized by the plan, from this machine's step time (`Schedule.choose_scene_count`)
-        n_scenes = (read_json(layout.state) or {}).get("settings", {}).get("n_scenes")
+    if n_scenes is None:  # a rerun keeps the dataset it made, whatever --minutes says now
+        previous = (read_json(layout.state) or {}).get("settings", {})
+        n_scenes = previous.get("n_scenes") or plan.default_scene_count(minutes)
     _validate(minutes, n_scenes, views, stage1_fraction,
               {"samples_per_class": samples_per_class, "recon_scenes": recon_scenes, "frames": frames,
                "mesh_resolution": mesh_resolution, "eval_scenes": eval_scenes},

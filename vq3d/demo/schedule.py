@@ -21,7 +21,6 @@ from vq3d.demo.optional import OPTIONAL_PHASES, OptionalSizes, estimate_seconds
 from vq3d.demo.progress import PhaseDisplay, clock
 from vq3d.demo.state import DemoLayout, finished, read_json
 from vq3d.errors import UserError
-from vq3d.train.planner import FIT_TIME_SHARE
 from vq3d.utils.io import atomic_write_json
 
 TRAINING = ("stage1", "stage2")
@@ -44,7 +43,6 @@ class Schedule:
         self.slowdown = 1.0
         self._measured: dict[str, tuple[float, float]] = {}  # phase -> (seconds, estimate)
         self.planned: dict[str, float] = {}
-        self.foreseen_steps: int | None = None  # Stage-1 steps the scene count was chosen for
 
     # -- estimates -----------------------------------------------------------------------------
 
@@ -126,9 +124,6 @@ class Schedule:
         between the training stages; UserError when --minutes cannot fit both. Returns the plan."""
         todo = [n for n in self.names if n != "report" and finished(self.layout, n) is None]
         self.costs = plan.probe_costs(self.cfg, self.settings["device"], views=self.settings["views"]) if todo else None
-        chosen = self.settings["n_scenes"] is None
-        if chosen:
-            self.settings["n_scenes"] = self.choose_scene_count()
         estimates = self.estimates()
         if self.costs is not None:
             estimates = self.shrink(estimates, self.seconds_left(), plan.FIXED_SHARE)
@@ -142,45 +137,15 @@ class Schedule:
                 "fixed_seconds": {n: round(v, 1) for n, v in estimates.items()},
                 "training_seconds": {n: round(b, 1) for n, b in self.planned.items()},
                 "sizes": {**self.sizes, **asdict(self.optional)},
-                "scenes_chosen": ({"n_scenes": self.settings["n_scenes"], "foreseen_stage1_steps": self.foreseen_steps}
-                                  if chosen and self.foreseen_steps else None),
                 "unit_costs": self.costs.as_dict() if self.costs else None}
-
-    def choose_scene_count(self) -> int:
-        """Scenes for a new dataset: as many as this machine's foreseen Stage-1 steps use
-        (`plan.scenes_for_steps`), at least 10x the held-out scenes evaluated (200 of 2,000),
-        at most `plan.default_scene_count(minutes)`. The steps follow from the probe's step time
-        and Stage 1's budget, which itself shrinks with the scenes made: three rounds settle it."""
-        s = self.settings
-        most = plan.default_scene_count(s["minutes"])
-        fewest = min(most, TEST_EVERY * s["eval_scenes"]) if s["eval_scenes"] else most
-        if self.costs is None or self.costs.train_step <= 0:
-            return most
-        n_scenes = most
-        for _ in range(3):
-            s["n_scenes"] = n_scenes
-            fixed = sum(self.estimates().values())
-            seconds = s["stage1_fraction"] * (self.seconds_left() - fixed - 2 * plan.TRAIN_OVERHEAD_SECONDS)
-            if s["stage1_minutes"] is not None:
-                seconds = s["stage1_minutes"] * 60.0
-            steps = FIT_TIME_SHARE * max(seconds, 0.0) / self.costs.train_step
-            if s["stage1_steps"] is not None:
-                steps = min(steps, s["stage1_steps"])
-            n_scenes = plan.scenes_for_steps(steps, self.cfg.train.batch_size, fewest, most)
-        self.foreseen_steps = int(steps)
-        return n_scenes
 
     def describe(self, info: dict[str, Any]) -> str:
         fixed = ", ".join(f"{n} {clock(s)}" for n, s in info["fixed_seconds"].items() if s > 0)
         t, f = info["training_seconds"], info["stage1_fraction"]
-        chosen = info.get("scenes_chosen")
-        scenes = (f"; {chosen['n_scenes']} scenes, for ~{chosen['foreseen_stage1_steps']} Stage-1 steps at "
-                  f"{self.costs.train_step:.3f} s a step (each training image seen up to "
-                  f"{plan.EPOCHS_ENOUGH} times)" if chosen else "")
         return (f"plan for {clock(self.total_seconds)}: fixed phases "
                 f"~{clock(sum(info['fixed_seconds'].values()))} ({fixed}); training: stage 1 "
                 f"{clock(t['stage1'])}, stage 2 {clock(t['stage2'])} (split {f:.0%}/{1 - f:.0%} of what the "
-                f"fixed phases leave); reserve {clock(self.reserve)}{scenes}")
+                f"fixed phases leave); reserve {clock(self.reserve)}")
 
     def _check_budgets(self) -> None:
         floor = plan.MIN_TRAIN_MINUTES * 60.0
