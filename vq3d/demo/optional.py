@@ -71,10 +71,11 @@ def available_phases() -> list[tuple[str, str]]:
     return [(name, title) for name, (title, importer) in OPTIONAL_PHASES.items() if importer() is not None]
 
 
-def estimate_seconds(name: str, sizes: OptionalSizes, costs: Any, n_train: int, views: int) -> float:
+def estimate_seconds(name: str, sizes: OptionalSizes, costs: Any, n_scenes: int, views: int) -> float:
     """Rough seconds of an optional phase from the unit costs of `plan.probe_costs`: the images it
     reads, renders, encodes and samples (batched, as the evaluations run them)."""
-    n_test = n_train // (TEST_EVERY - 1)
+    n_test = n_scenes // TEST_EVERY  # every 10th scene is held out
+    n_train = n_scenes - n_test
     if name == "features":  # every view of the training scenes, the canonical views of the held-out
         loading = n_train * costs.scene_read + n_test * costs.canonical_read
         return LOAD_SECONDS + loading + sizes.features_minutes * 60.0

@@ -181,8 +181,8 @@ def estimate_fixed_seconds(sizes: DemoSizes, costs: UnitCosts) -> dict[str, floa
     return {
         "synth": max(0, s.n_scenes - s.synth_done) * c.synth_scene,
         "eval_stage1": LOAD_SECONDS + n_eval * ((1 + s.views) * c.render_batched + c.encode + c.scene_read),
-        "reconstruct": 2 * LOAD_SECONDS + MESH_IMPORT_SECONDS + n_recon * (scene_files + mesh
-                                                                            + (1 + s.views) * c.render_single),
+        "reconstruct": (2 * LOAD_SECONDS + MESH_IMPORT_SECONDS
+                        + n_recon * (scene_files + mesh + (1 + s.views) * c.render_single)),
         "tokens": LOAD_SECONDS + n_train * (c.encode + c.canonical_read),
         "generate": s.classes * LOAD_SECONDS + s.generated * (c.sample_sequence + scene_files),
         "report": REPORT_SECONDS,

@@ -57,7 +57,6 @@ class Schedule:
             mesh_resolution=s["mesh_resolution"],
             samples_per_ray=sum(r.proposal_samples) + r.nerf_samples, synth_done=int(card.get("n_scenes", 0)))
         fixed = plan.estimate_fixed_seconds(sizes, costs) if costs else {}
-        n_train = s["n_scenes"] - s["n_scenes"] // TEST_EVERY
         out = {}
         for name in self.names:
             if name in TRAINING:
@@ -67,8 +66,8 @@ class Schedule:
             elif finished(self.layout, name) is not None or costs is None:
                 out[name] = 0.0
             else:
-                base = fixed[name] if name in fixed else estimate_seconds(name, self.optional, costs, n_train,
-                                                                          s["views"])
+                base = (fixed[name] if name in fixed else
+                        estimate_seconds(name, self.optional, costs, s["n_scenes"], s["views"]))
                 out[name] = base * self.slowdown
         return out
 
