@@ -415,22 +415,24 @@ def test_line_chart_maps_values_monotonically_and_drops_gaps():
     assert "nothing logged" in line_chart([Series("x", [], [])], "empty", "s", "v")
 
 
-def test_probe_times_the_synth_ray_caster_and_its_file_writing(monkeypatch):
+def test_probe_times_the_synth_ray_caster_and_its_file_writing(monkeypatch, tmp_path):
     import vq3d.data.synthetic_writer as writer
     from vq3d.demo.plan import SYNTH_PROBE_SCENES, DemoSizes, estimate_fixed_seconds, probe_costs
 
-    written = []
+    log = tmp_path / "written.txt"  # a file: the probe's scenes may be written by forked workers
     real_write = writer.write_scene_files
 
     def slow_write(root, record, images, depth):  # each scene's files take at least 20 ms
         time.sleep(0.02)
-        written.append(record["index"])
+        with open(log, "a") as file:
+            file.write(f"{record['index']}\n")
         real_write(root, record, images, depth)
 
     monkeypatch.setattr(writer, "write_scene_files", slow_write)
     costs = probe_costs(load_config("tiny"))
+    written = sorted(int(line) for line in log.read_text().split())
     assert written == list(range(1 + SYNTH_PROBE_SCENES))  # a warm-up scene, then the timed ones
-    assert costs.synth_scene >= 0.02
+    assert costs.synth_scene >= 0.02 / writer.default_workers()  # the files' time, shared by the workers
     assert 0 < costs.canonical_read < costs.scene_read  # a scene's 1 view against its 1 + 4 (tiny: 4 views)
     sizes = DemoSizes(n_scenes=100, resolution=16, views=4, eval_scenes=10, recon_scenes=1, generated=5, classes=5,
                       frames=6, mesh_resolution=8, samples_per_ray=16, synth_done=40)

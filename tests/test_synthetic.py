@@ -196,6 +196,39 @@ def test_growing_a_dataset_equals_generating_it_at_once(tmp_path):
     assert len((tmp_path / "once" / "manifest.jsonl").read_text().splitlines()) == 6
 
 
+def test_scenes_made_by_worker_processes_equal_those_made_in_one(tmp_path):
+    n = synthetic_writer.PARALLEL_MIN_SCENES + 3  # enough scenes for a pool, a chunk left part-full
+    generate_dataset(tmp_path / "one", n, 16, views=2, seed=2, progress=False, workers=1)
+    generate_dataset(tmp_path / "two", n, 16, views=2, seed=2, progress=False, workers=2)
+    assert tree(tmp_path / "one") == tree(tmp_path / "two")
+    assert len((tmp_path / "two" / "manifest.jsonl").read_text().splitlines()) == n
+    with pytest.raises(UserError, match="--workers -1"):
+        generate_dataset(tmp_path / "bad", n, 16, views=2, progress=False, workers=-1)
+
+
+def test_a_crash_in_a_worker_keeps_the_scenes_before_it_and_resumes_identically(tmp_path, monkeypatch):
+    real_render = synthetic_writer.render_scene
+    crash_at = synthetic_writer.PARALLEL_MIN_SCENES + 1  # in the pool's third chunk
+
+    def crash(scene, resolution, supersample=1):  # forked workers inherit the patched module
+        if scene.index == crash_at:
+            raise RuntimeError("injected crash")
+        return real_render(scene, resolution, supersample)
+
+    monkeypatch.setattr(synthetic_writer, "render_scene", crash)
+    n = crash_at + 8
+    with pytest.raises(RuntimeError, match="injected"):
+        generate_dataset(tmp_path / "a", n, 16, views=2, progress=False, workers=2)
+    records = [json.loads(line) for line in (tmp_path / "a" / "manifest.jsonl").read_text().splitlines()]
+    # a worker's task is a chunk of scenes: every chunk before the crash's is listed, none after
+    chunk = synthetic_writer._CHUNK_SCENES
+    assert [r["index"] for r in records] == list(range(crash_at // chunk * chunk))
+    monkeypatch.setattr(synthetic_writer, "render_scene", real_render)
+    generate_dataset(tmp_path / "a", n, 16, views=2, progress=False, workers=2)
+    generate_dataset(tmp_path / "b", n, 16, views=2, progress=False, workers=1)
+    assert tree(tmp_path / "a") == tree(tmp_path / "b")
+
+
 def test_an_interrupted_run_lists_only_complete_scenes_and_resumes_identically(tmp_path, monkeypatch):
     real_render = synthetic_writer.render_scene
 
@@ -382,6 +415,8 @@ def test_bench_reports_json(capsys):
     result = json.loads(capsys.readouterr().out)
     assert result["benchmark"] == "synth" and result["generate_scenes_per_s"] > 0
     assert result["raycast_scenes_per_s"] > 0 and "generate_over_raycast" in result
+    assert result["workers"] >= 1 and result["generate_one_process_scenes_per_s"] > 0
+    assert result["speedup_over_one_process"] > 0
 
 
 def test_supersampling_box_filters_a_k_times_finer_render():
@@ -445,3 +480,17 @@ def test_training_flips_synthetic_scenes_only_when_asked_and_never_the_test_spli
     test = build_dataset(cfg, "test")
     first = SyntheticDataset(tmp_path, "test")[0]["image"]
     assert all(torch.equal(test[0]["image"], first) for _ in range(8))
+
+
+def test_atomic_bytes_make_their_folder_take_the_usual_mode_and_leave_nothing_on_failure(tmp_path):
+    from vq3d.utils.io import _UMASK, atomic_write_bytes
+
+    target = tmp_path / "new" / "deeper" / "a.png"
+    atomic_write_bytes(target, b"first")
+    atomic_write_bytes(target, b"second")  # replaces the file whole
+    assert target.read_bytes() == b"second"
+    assert target.stat().st_mode & 0o777 == 0o666 & ~_UMASK  # not mkstemp's 0600
+    (tmp_path / "new" / "dir.png").mkdir()
+    with pytest.raises(OSError):  # a file cannot replace a folder
+        atomic_write_bytes(tmp_path / "new" / "dir.png", b"x")
+    assert sorted(p.name for p in (tmp_path / "new").iterdir()) == ["deeper", "dir.png"]  # no temporary left

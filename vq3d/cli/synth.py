@@ -34,6 +34,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="also write a PNG contact sheet of the first scenes")
     p.add_argument("--contact-sheet-rows", type=int, default=8,
                    help="scenes on the contact sheet (default 8)")
+    p.add_argument("--workers", type=int, default=0,
+                   help="processes that ray-cast the scenes (default 0: one per core, at most 8; the files "
+                        "are the same for any number)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -48,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--contact-sheet-rows {args.contact_sheet_rows}: need at least one row")
     camera = CameraSettings(args.camera_distance, args.fov_deg, args.sampling_radius, args.supersample)
     card = generate_dataset(args.out, args.n, args.res, args.views, args.seed, camera,
-                            progress=not args.no_progress)
+                            progress=not args.no_progress, workers=args.workers)
     print(f"{args.out}: {card['n_scenes']} scenes ({card['n_train']} train, {card['n_test']} test), "
           f"{args.res}x{args.res}, {args.views} novel views each")
     if args.contact_sheet:

@@ -12,21 +12,32 @@ manifest that lists it, and the manifest is rewritten (atomically) every so ofte
 run stops for any reason, so it never lists a scene whose files are incomplete. A rerun with
 the same settings continues after the last listed scene; scenes depend only on (seed, index),
 so the files are identical to those of an uninterrupted run.
+
+Speed: `workers` processes (one per core by default) each ray-cast and write chunks of
+consecutive scenes, listed in index order by the calling process; in one process a writer thread
+writes behind the ray casting. The demo's 4,450 scenes at 32 px took 57 s in one process of a
+2-core machine, where creating a file takes 0.2-1 ms (docs/results.md, "Parallel scene making").
+The files do not depend on the number of workers.
 """
 
 from __future__ import annotations
 
+import functools
 import io
 import json
+import multiprocessing
+import os
 import struct
+import sys
 import time
 import zlib
 from collections import Counter, deque
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
+import torch
 from tqdm import tqdm
 
 from vq3d.data.raycast import SHAPES
@@ -43,6 +54,11 @@ SETTING_KEYS = ("format", "version", "resolution", "views", "seed", "camera_dist
                 "sampling_radius", "supersample", "classes", "test_every")
 SETTING_DEFAULTS = {"supersample": 1}  # cards written before the key existed
 _WRITE_QUEUE = 4  # scenes encoded ahead of the writer thread
+MAX_WORKERS = 8  # ray-casting processes by default: one per usable core, at most this many
+# fewer scenes than this to make are ray-cast in the calling process: a pool's start (~50 ms
+# forked) would cost more than a second process saves
+PARALLEL_MIN_SCENES = 16
+_CHUNK_SCENES = 8  # consecutive scenes a worker ray-casts per task (fewer round trips)
 RECORD_KEYS = ("index", "split", "label", "class_name", "image", "novel_images", "depth", "fov_deg",
                "c2w", "novel_c2w")
 
@@ -126,6 +142,60 @@ def render_for_disk(scene: Scene, resolution: int,
     """Render a scene: its manifest record, images (V, H, W, 3) uint8 and depth (V, H, W) float32."""
     render = render_scene(scene, resolution, supersample)
     return scene_record(scene, scene.c2w.shape[0] - 1), render.to_uint8(), render.depth.astype(np.float32)
+
+
+def default_workers() -> int:
+    """Ray-casting processes when none are asked for: the cores this process may run on, at most
+    MAX_WORKERS."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(MAX_WORKERS, cores))
+
+
+def _one_thread() -> None:
+    # a worker ray-casts with one torch thread: the workers share the cores (and a forked child
+    # must not use the parent's OpenMP pool)
+    torch.set_num_threads(1)
+
+
+def _make_scenes(root: Path, seed: int, views: int, camera: CameraSettings, resolution: int,
+                 indices: range) -> list[dict[str, Any]]:
+    """Ray-cast scenes `indices` and write their files (a worker's task); returns their records."""
+    records = []
+    for index in indices:
+        record, images, depth = render_for_disk(sample_scene(seed, index, views, camera), resolution,
+                                                camera.supersample)
+        write_scene_files(root, record, images, depth)
+        records.append(record)
+    return records
+
+
+def _chunks_made(pool: Executor, root: Path, seed: int, start: int, n: int, views: int,
+                 camera: CameraSettings, resolution: int, ahead: int) -> Iterator[list[dict[str, Any]]]:
+    """The records of scenes start..n-1, made (files written) by the pool's workers in chunks of
+    _CHUNK_SCENES consecutive scenes, yielded in index order; at most `ahead` chunks are queued
+    beyond the one awaited."""
+    job = functools.partial(_make_scenes, root, seed, views, camera, resolution)
+    queued: deque[Future] = deque()
+    next_index = start
+    while queued or next_index < n:
+        while next_index < n and len(queued) < ahead:
+            stop = min(n, next_index + _CHUNK_SCENES)
+            queued.append(pool.submit(job, range(next_index, stop)))
+            next_index = stop
+        yield queued.popleft().result()
+
+
+def _scene_pool(workers: int, scenes: int) -> ProcessPoolExecutor | None:
+    """A pool of `workers` processes that make scenes, or None (make them in this process) for one
+    worker or fewer than PARALLEL_MIN_SCENES scenes. Forked on Linux (a fast start; each child sets
+    one thread before any torch work, as DataLoader workers do), spawned elsewhere."""
+    if workers <= 1 or scenes < PARALLEL_MIN_SCENES:
+        return None
+    method = "fork" if sys.platform.startswith("linux") else "spawn"
+    context = multiprocessing.get_context(method)
+    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_one_thread)
+    pool.submit(int).result()  # the first task starts every forked worker now
+    return pool
 
 
 def write_bytes(path: str | Path, data: bytes) -> None:
@@ -245,8 +315,12 @@ def generate_dataset(
     camera: CameraSettings | None = None,
     progress: bool = True,
     flush_seconds: float = 10.0,
+    workers: int = 0,
 ) -> dict[str, Any]:
     """Generate (or continue) the dataset of scenes 0..n-1 in `out`; returns the card.
+
+    workers: processes that ray-cast the scenes (0: `default_workers()`, one per core; 1: this
+    process alone). The files are the same for any number.
 
     Scenes are written in index order, each scene's files before the manifest that lists it.
     The manifest is rewritten every `flush_seconds` (or 20x the time a rewrite takes) or every
@@ -256,6 +330,9 @@ def generate_dataset(
     """
     camera = camera or CameraSettings()
     validate_request(n, resolution, views, seed, camera)
+    if workers < 0:
+        raise UserError(f"--workers {workers}: pass 0 (one per core) or a positive number of processes")
+    workers = workers or default_workers()
     root = Path(out)
     settings = dataset_settings(resolution, views, seed, camera)
     _check_resume(root, settings)
@@ -280,10 +357,26 @@ def generate_dataset(
         many = len(records) - flushed >= max(64, len(records) // 10)
         return many or waited > max(flush_seconds, 20 * flush_cost)
 
-    # The main thread renders; one writer thread encodes and writes the files (zlib and the file
-    # system calls release the GIL), at most `_WRITE_QUEUE` scenes behind. Records join the manifest in
-    # index order once their files are written.
     bar = tqdm(total=n, initial=len(records), desc="synth", unit="scene", disable=not progress)
+    pool = _scene_pool(workers, n - len(records))
+    if pool is not None:  # the workers ray-cast and write; chunks are listed in index order
+        chunks = _chunks_made(pool, root, seed, len(records), n, views, camera, resolution, ahead=2 * workers)
+        try:
+            for chunk_records in chunks:
+                records.extend(chunk_records)
+                bar.update(len(chunk_records))
+                if flush_due():
+                    flush()
+        finally:
+            chunks.close()
+            pool.shutdown(wait=True, cancel_futures=True)  # stopped early: the queued chunks are not made
+            bar.close()
+            flush()
+        return _card(settings, records, n)
+
+    # In one process the main thread renders; one writer thread encodes and writes the files
+    # (zlib and the file system calls release the GIL), at most `_WRITE_QUEUE` scenes behind.
+    # Records join the manifest in index order once their files are written.
     writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vq3d-synth-writer")
     pending: deque[tuple[dict[str, Any], Future]] = deque()
     write_failed = False
