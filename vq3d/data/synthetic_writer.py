@@ -16,7 +16,7 @@ so the files are identical to those of an uninterrupted run.
 Speed: `workers` processes (one per core by default) each ray-cast and write chunks of
 consecutive scenes, listed in index order by the calling process; in one process a writer thread
 writes behind the ray casting. The demo's 4,450 scenes at 32 px took 57 s in one process of a
-2-core machine, where creating a file takes 0.2-1 ms (docs/results.md, "Parallel scene making").
+2-core machine, where creating a file takes 0.2-1 ms (docs/results.md, "The demo's clock").
 The files do not depend on the number of workers.
 """
 

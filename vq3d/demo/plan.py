@@ -23,8 +23,10 @@ from vq3d.data.synthetic_writer import TEST_EVERY
 
 # scenes ray-cast and written to time the synth phase (after one warm-up scene): a scene's cost
 # varies 3x with its shapes, so 3 scenes read 4.6 ms where 2,000 took 8.1 ms a scene (its file
-# writing was not timed either), and the slowdown that followed took 48 s from Stage 1
-SYNTH_PROBE_SCENES = 20
+# writing was not timed either), and the slowdown that followed took 48 s from Stage 1; and the
+# worker processes' start and uneven last chunks weigh on few scenes (20 read 11.2 ms a scene on
+# 2 cores, where the phase's 4,450 took 6.9 ms): 64 are 4 chunks for each of 2 workers
+SYNTH_PROBE_SCENES = 64
 # the probe's model timings are the least of this many calls: single calls on a shared 2-core
 # machine planned 2:13 for fixed phases that took 1:42 (each minute overestimated is 48 s that
 # Stage 1 hands to Stage 2, which gains nothing from it past ~700 steps)
