@@ -494,3 +494,9 @@ def test_atomic_bytes_make_their_folder_take_the_usual_mode_and_leave_nothing_on
     with pytest.raises(OSError):  # a file cannot replace a folder
         atomic_write_bytes(tmp_path / "new" / "dir.png", b"x")
     assert sorted(p.name for p in (tmp_path / "new").iterdir()) == ["deeper", "dir.png"]  # no temporary left
+
+
+def test_split_counts_count_what_split_of_assigns():
+    for n in (0, 9, 10, 11, 4450):
+        held_out = sum(synthetic_writer.split_of(i) == "test" for i in range(n))
+        assert synthetic_writer.split_counts(n) == (n - held_out, held_out)

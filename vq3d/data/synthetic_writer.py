@@ -68,6 +68,12 @@ def split_of(index: int) -> str:
     return "test" if index % TEST_EVERY == TEST_EVERY - 1 else "train"
 
 
+def split_counts(n_scenes: int) -> tuple[int, int]:
+    """(training, held-out) scene counts of a dataset of scenes 0..n_scenes-1 (`split_of`)."""
+    n_test = n_scenes // TEST_EVERY
+    return n_scenes - n_test, n_test
+
+
 def dataset_settings(resolution: int, views: int, seed: int, camera: CameraSettings) -> dict[str, Any]:
     return {
         "format": FORMAT, "version": FORMAT_VERSION, "resolution": resolution, "views": views,

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from vq3d.data.synthetic_writer import TEST_EVERY
+from vq3d.data.synthetic_writer import split_counts
 from vq3d.demo.plan import LOAD_SECONDS
 from vq3d.utils.io import atomic_write_json
 
@@ -74,8 +74,7 @@ def available_phases() -> list[tuple[str, str]]:
 def estimate_seconds(name: str, sizes: OptionalSizes, costs: Any, n_scenes: int, views: int) -> float:
     """Rough seconds of an optional phase from the unit costs of `plan.probe_costs`: the images it
     reads, renders, encodes and samples (batched, as the evaluations run them)."""
-    n_test = n_scenes // TEST_EVERY  # every 10th scene is held out
-    n_train = n_scenes - n_test
+    n_train, n_test = split_counts(n_scenes)
     if name == "features":  # every view of the training scenes, the canonical views of the held-out
         loading = n_train * costs.scene_read + n_test * costs.canonical_read
         return LOAD_SECONDS + loading + sizes.features_minutes * 60.0

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from vq3d.config import Config
-from vq3d.data.synthetic_writer import TEST_EVERY
+from vq3d.data.synthetic_writer import split_counts
 
 # scenes ray-cast and written to time the synth phase (after one warm-up scene): a scene's cost
 # varies 3x with its shapes, so 3 scenes read 4.6 ms where 2,000 took 8.1 ms a scene (its file
@@ -173,8 +173,7 @@ def _time_synth_scenes(cfg: Config, views: int, timed) -> tuple[float, float, fl
 def estimate_fixed_seconds(sizes: DemoSizes, costs: UnitCosts) -> dict[str, float]:
     """Estimated seconds of every phase but the training loops, from the work each one does."""
     s, c = sizes, costs
-    n_test = s.n_scenes // TEST_EVERY  # every 10th scene is held out
-    n_train = s.n_scenes - n_test
+    n_train, n_test = split_counts(s.n_scenes)
     n_eval = min(s.eval_scenes, n_test) if s.eval_scenes else n_test
     n_recon = min(s.recon_scenes, n_test)
     # a scene's views in `render_scene_files`: canonical + 4 rim views + the orbit

@@ -15,7 +15,7 @@ from typing import Any
 
 from vq3d.config import Config
 from vq3d.data.raycast import SHAPES
-from vq3d.data.synthetic_writer import TEST_EVERY
+from vq3d.data.synthetic_writer import split_counts
 from vq3d.demo import plan
 from vq3d.demo.optional import OPTIONAL_PHASES, OptionalSizes, estimate_seconds
 from vq3d.demo.progress import PhaseDisplay, clock
@@ -96,7 +96,7 @@ class Schedule:
         estimates = {n: v for n, v in estimates.items() if n not in exclude}
         factor = plan.scale_factor(estimates, available, share, plan.METRIC_PHASES)
         if factor < 1.0:
-            n_test = self.settings["n_scenes"] // TEST_EVERY
+            n_test = split_counts(self.settings["n_scenes"])[1]
             eval_n = n_test if self.sizes["eval_scenes"] == 0 else min(self.sizes["eval_scenes"], n_test)
             self.sizes["eval_scenes"] = plan.scaled(eval_n, factor, 10)
             o = self.optional
