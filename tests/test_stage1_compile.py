@@ -5,6 +5,7 @@ import torch
 import torch._dynamo
 
 from vq3d.config import load_config
+from vq3d.train.panels import stage1_panel
 from vq3d.train.stage1 import Stage1Trainer, read_scalars
 
 OVERRIDES = ["train.device=cpu", "loss.gan_start_steps=2", "loss.r1_every=2"]
@@ -39,3 +40,18 @@ def test_compiled_regions_match_eager_and_never_recompile(tmp_path):
             assert abs(a[key] - b[key]) <= 1e-4 * max(1.0, abs(b[key])), (key, a[key], b[key])
     for key, value in eager_state.items():  # same names (compiled in place) and weights
         assert torch.allclose(compiled_state[key].float(), value.float(), atol=1e-4), key
+
+
+def test_log_panel_runs_eager_under_compiled_regions(tmp_path):
+    """The panel's no-grad reconstruction (ray-subset steps) does not compile the regions again."""
+    torch._dynamo.reset()
+    cfg = load_config("tiny", [], ["train.device=cpu", "train.compile=true", "render.train_rays=32",
+                                  "train.image_every=1", "loss.gan_start_steps=100"])
+    trainer = Stage1Trainer(cfg, tmp_path)
+    trainer.train_step(_batch(0))
+    images, out = trainer._last
+    assert out["canonical"].rgb.shape[-2:] != images.shape[-2:]  # a ray subset: the panel renders again
+    with torch.compiler.set_stance("fail_on_recompile"):
+        panel = stage1_panel(trainer.model, images, out, cfg)
+    assert panel.shape[0] == 3 and torch.isfinite(panel).all()
+    assert trainer.model.training  # the panel restores training mode

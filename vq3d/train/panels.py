@@ -18,7 +18,10 @@ def stage1_panel(model, images: Tensor, out: dict, cfg: Config, rows: int = 4) -
     if canonical.rgb.shape[-2:] != images.shape[-2:]:  # the step rendered a ray subset
         was_training = model.training
         model.eval()  # eval: no codebook-usage bookkeeping from a log picture
-        canonical = model.reconstruct(images[:n])
+        # eager under train.compile: a no-grad call would compile the regions once more (~25 s on
+        # 2 CPU cores) for one picture
+        with torch.compiler.set_stance("force_eager"):
+            canonical = model.reconstruct(images[:n])
         model.train(was_training)
     columns = [to_unit(images[:n]), to_unit(canonical.rgb[:n].float()), colorize(canonical.disparity[:n].float())]
     if novel is not None:  # novel views may be smaller (loss.novel_gan_resolution): shown at full size
