@@ -14,6 +14,7 @@ BENCHMARKS = {
     "viewer": "vq3d.bench.viewer",
     "paper-step": "vq3d.bench.paper_step",
     "gpu": "vq3d.bench.gpu",
+    "compile": "vq3d.bench.compile",
 }
 
 
