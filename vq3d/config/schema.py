@@ -33,6 +33,9 @@ class ModelConfig:
     codebook_size: int = 8192  # K codes [ViT-VQGAN]
     codebook_dim: int = 32  # factorized: latents projected to this dim and l2-normalized
     commitment: float = 0.25  # beta on ||z - sg(e)||^2 (the encoder's side)
+    # How the decoder's gradient crosses the quantizer to the encoder (vq3d/models/quantizer.py):
+    # the paper's straight-through copy, or the rotation trick (Fifty et al. 2024), a departure
+    vq_gradient: Literal["straight_through", "rotation"] = "straight_through"
     dead_code_steps: int = 200  # a code unused this many steps is restarted from a recent latent
     plane_channels: int = 32  # C of each triplane [paper]
     plane_resolution: int = 512  # R of each triplane [paper]

@@ -2,7 +2,11 @@
 
 Encoder features are linearly projected to a low dimension (`codebook_dim`, 32 in the paper
 preset) and l2-normalized; codes are l2-normalized too, so the nearest code is the one with the
-largest cosine similarity. Gradients pass to the encoder with the straight-through estimator.
+largest cosine similarity. Gradients pass to the encoder with the straight-through estimator
+(the paper's), or with the rotation trick (`gradient="rotation"`, Fifty et al. 2024,
+"Restructuring Vector Quantization with the Rotation Trick"): the code is the latent rotated onto
+it by a fixed rotation, so the encoder's gradient is the code's gradient rotated back, which
+carries the angle between the two (straight-through copies it unchanged).
 
 VQ loss (van den Oord et al. 2017): ||sg(z) - e||^2 moves the codebook (weight 1) plus
 beta * ||z - sg(e)||^2, the encoder's commitment (beta = `commitment`, 0.25). Taming's default
@@ -19,6 +23,7 @@ stay on the device with no host synchronisation (no `nonzero`, `bincount` or `.c
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.distributed as dist
@@ -30,17 +35,37 @@ from vq3d.precision import full_precision
 
 @dataclass
 class QuantizerOutput:
-    codes: Tensor  # (B, T, code_dim) quantized vectors with straight-through gradients
+    codes: Tensor  # (B, T, code_dim) quantized vectors; the gradient reaches the latents (see `gradient`)
     ids: Tensor  # (B, T) long
     loss: Tensor  # scalar VQ loss (codebook + commitment)
     latents: Tensor  # (B, T, code_dim) l2-normalized encoder latents (before quantization)
     perplexity: Tensor  # scalar: exp(entropy) of this batch's code histogram
 
 
+VQGradient = Literal["straight_through", "rotation"]
+
+
+def rotation_trick(z: Tensor, e: Tensor) -> Tensor:
+    """(..., d) vectors equal to `e` whose gradient reaches `z` as R^T g, where R is the fixed
+    rotation (and |e| / |z| scaling) taking z to e: R = I - 2 r r^T + 2 e_hat z_hat^T with
+    r = (z_hat + e_hat) / |z_hat + e_hat| (Fifty et al. 2024, Sec. 4). No gradient reaches `e`
+    (the VQ loss moves the codebook)."""
+    z_norm, e_norm = z.norm(dim=-1, keepdim=True).clamp_min(1e-12), e.norm(dim=-1, keepdim=True)
+    z_hat, e_hat = (z / z_norm).detach(), (e / e_norm.clamp_min(1e-12)).detach()
+    # z_hat = -e_hat leaves r undefined: eps keeps it finite (the rotation is then a reflection)
+    r = F.normalize(z_hat + e_hat, dim=-1, eps=1e-6)
+    rotated = z - 2 * r * (r * z).sum(-1, keepdim=True) + 2 * e_hat * (z_hat * z).sum(-1, keepdim=True)
+    rotated = rotated * (e_norm / z_norm).detach()
+    return e.detach() + (rotated - rotated.detach())  # the exact code forward, R^T g backward
+
+
 class Quantizer(nn.Module):
     def __init__(self, in_dim: int, codebook_size: int, codebook_dim: int, commitment: float,
-                 dead_code_steps: int) -> None:
+                 dead_code_steps: int, gradient: VQGradient = "straight_through") -> None:
         super().__init__()
+        if gradient not in ("straight_through", "rotation"):
+            raise ValueError(f"unknown VQ gradient {gradient!r}: use straight_through or rotation")
+        self.gradient = gradient
         self.proj = nn.Linear(in_dim, codebook_dim)
         self.codebook = nn.Embedding(codebook_size, codebook_dim)
         nn.init.normal_(self.codebook.weight)
@@ -72,7 +97,7 @@ class Quantizer(nn.Module):
             codebook_loss = F.mse_loss(e, z.detach())
             commitment_loss = F.mse_loss(z, e.detach())
         loss = codebook_loss + self.commitment * commitment_loss
-        codes = z + (e - z).detach()  # straight-through
+        codes = rotation_trick(z, e) if self.gradient == "rotation" else z + (e - z).detach()
         counts = code_counts(ids, self.codebook_size).float()
         probs = counts / counts.sum()
         perplexity = torch.exp(-(probs * torch.log(probs.clamp_min(1e-10))).sum())

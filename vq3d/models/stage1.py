@@ -49,7 +49,8 @@ class Stage1Model(nn.Module, VQ3DHubMixin):
         else:
             self.encoder = CNNEncoder(res, m.patch_size, m.enc_width)
         self.grid = res // m.patch_size
-        self.quantizer = Quantizer(m.enc_width, m.codebook_size, m.codebook_dim, m.commitment, m.dead_code_steps)
+        self.quantizer = Quantizer(m.enc_width, m.codebook_size, m.codebook_dim, m.commitment, m.dead_code_steps,
+                                   m.vq_gradient)
         self.implicit_field: ImplicitField | None = None
         if m.representation == "implicit":
             self.decoder: nn.Module = ImplicitDecoder(self.grid, m.codebook_dim, m.dec_width, m.dec_layers,
