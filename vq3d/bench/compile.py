@@ -16,6 +16,7 @@ a run shorter than that loses steps to compiling (the renderer's own compile,
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import os
@@ -59,20 +60,15 @@ def autoencoder_pass(model: Stage1Model, images: torch.Tensor) -> Callable[[], N
 
 
 def _first_call(run: Callable[[], None], cold_cache: bool) -> float:
-    """Seconds of the first call; with `cold_cache` inductor writes to a fresh temporary folder."""
-    previous = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
-    with tempfile.TemporaryDirectory(prefix="vq3d_inductor_") as folder:
-        if cold_cache:
-            os.environ["TORCHINDUCTOR_CACHE_DIR"] = folder
-        try:
-            start = time.perf_counter()
-            run()
-            return time.perf_counter() - start
-        finally:
-            if previous is None:
-                os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
-            else:
-                os.environ["TORCHINDUCTOR_CACHE_DIR"] = previous
+    """Seconds of the first call; with `cold_cache` inductor compiles into a fresh temporary folder
+    with its in-memory caches cleared (`temporary_cache_dir`), as in a fresh clone."""
+    from torch._inductor.runtime.cache_dir_utils import temporary_cache_dir
+
+    with tempfile.TemporaryDirectory(prefix="vq3d_inductor_") as folder, \
+            (temporary_cache_dir(folder) if cold_cache else contextlib.nullcontext()):
+        start = time.perf_counter()
+        run()
+        return time.perf_counter() - start
 
 
 def main(argv: list[str] | None = None) -> int:
