@@ -22,7 +22,7 @@ def test_real_forward_shapes(preset):
     images = torch.rand(1, 3, res, res) * 2 - 1
     grid, planes_shape = expected(cfg)
     ids = model.encode(images)
-    assert ids.shape == (1, grid * grid) and int(ids.max()) < cfg.model.codebook_size
+    assert ids.shape == (1, grid * grid * cfg.model.codebook_groups) and int(ids.max()) < cfg.model.codebook_size
     planes = model.decode(ids)
     assert tuple(planes.shape) == planes_shape
     out = model.render(planes, model.canonical_cameras(1))

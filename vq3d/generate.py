@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from vq3d.data.tokens import check_same_codebook
+from vq3d.data.tokens import check_stage2_matches
 from vq3d.errors import UserError
 from vq3d.export import orbit_frames, save_scene, write_video
 from vq3d.models.sampling import sample
@@ -87,10 +87,8 @@ def generate(stage1_run: str | Path, stage2_run: str | Path, out_dir: str | Path
     if n <= 0:
         raise UserError(f"-n must be positive, got {n}")
     gpt, cfg2, meta = load_stage2(stage2_run, device)
-    check_same_codebook(stage1_run, meta["codebook_hash"], f"the Stage-2 run {stage2_run}")
     model, cfg1 = load_stage1(stage1_run, device)
-    if model.grid**2 != meta["seq_len"]:
-        raise UserError(f"Stage 2 models {meta['seq_len']} tokens but Stage 1 makes {model.grid**2}")
+    check_stage2_matches(stage1_run, model, meta, stage2_run)
     s = cfg2.sample
     temperature = s.temperature if temperature is None else temperature
     top_k = s.top_k if top_k is None else top_k

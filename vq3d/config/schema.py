@@ -36,6 +36,11 @@ class ModelConfig:
     # How the decoder's gradient crosses the quantizer to the encoder (vq3d/models/quantizer.py):
     # the paper's straight-through copy, or the rotation trick (Fifty et al. 2024), a departure
     vq_gradient: Literal["straight_through", "rotation"] = "straight_through"
+    # Ids per token (vq3d/models/quantizer.py): each token's latent cut into this many parts, each
+    # matched to its own block of codebook_dim / codebook_groups columns (product quantization), so a
+    # token carries codebook_groups x log2(codebook_size) bits and Stage 2 models that many ids a token;
+    # the paper's is 1, a departure above it
+    codebook_groups: int = 1
     dead_code_steps: int = 200  # a code unused this many steps is restarted from a recent latent
     plane_channels: int = 32  # C of each triplane [paper]
     plane_resolution: int = 512  # R of each triplane [paper]

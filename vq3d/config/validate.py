@@ -30,6 +30,10 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"train.field_lr_scale ({cfg.train.field_lr_scale}) must be > 0 (the field MLPs' "
                           f"rate is train.lr times it) and train.field_lr_ramp_steps "
                           f"({cfg.train.field_lr_ramp_steps}) >= 0")
+    m = cfg.model
+    if m.codebook_groups < 1 or m.codebook_dim % m.codebook_groups:
+        raise ConfigError(f"model.codebook_groups ({m.codebook_groups}) must be >= 1 and divide "
+                          f"model.codebook_dim ({m.codebook_dim}): each group is an equal part of a token's code")
     if cfg.render.kernel == "triton":
         reason = fused_unsupported(cfg.render, implicit=cfg.model.representation == "implicit")
         if reason:

@@ -68,6 +68,14 @@ def check_same_codebook(stage1_run: str | Path, expected_hash: str, what: str) -
                         "Stage-1 run whose tokens it was trained on")
 
 
+def check_stage2_matches(stage1_run: str | Path, model, meta: dict[str, Any], stage2_run: str | Path) -> None:
+    """UserError unless the Stage-2 run (its metadata `meta`) was trained on the tokens of
+    `stage1_run`, whose loaded model is `model`: the same codebook and ids per image."""
+    check_same_codebook(stage1_run, meta["codebook_hash"], f"the Stage-2 run {stage2_run}")
+    if model.tokens_per_image != meta["seq_len"]:
+        raise UserError(f"Stage 2 models {meta['seq_len']} ids an image but Stage 1 makes {model.tokens_per_image}")
+
+
 def _stage1_identity(run_dir: Path, model) -> dict[str, Any]:
     from vq3d.train.checkpoint import latest_checkpoint
 
@@ -128,7 +136,7 @@ def extract_tokens(stage1_run: str | Path, data_path: str, out_dir: str | Path, 
     if not hasattr(dataset, "__len__"):
         raise UserError("token extraction needs a map-style dataset (an image folder, file list or "
                         "synthetic dataset), not streaming shards")
-    n, seq_len = len(dataset), model.grid**2
+    n, seq_len = len(dataset), model.tokens_per_image
     if n == 0:
         raise UserError(f"no usable images in {data_path}")
     rows = 2 * n if hflip else n

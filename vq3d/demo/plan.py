@@ -132,7 +132,7 @@ def probe_costs(cfg: Config, device: str = "cpu", batch: int = EVAL_BATCH, num_c
     render_batched = least(lambda: model.render(scene, model.canonical_cameras(batch, device))) / batch
     render_single = least(lambda: model.render(one, model.canonical_cameras(1, device)))
     encode = least(lambda: model.encode(images)) / batch
-    gpt = GPT(cfg.model.codebook_size, model.grid**2, num_classes, cfg.stage2).to(device).eval()
+    gpt = GPT(cfg.model.codebook_size, model.tokens_per_image, num_classes, cfg.stage2).to(device).eval()
     labels = torch.zeros(1, dtype=torch.long, device=device)
     sample_sequence = least(lambda: sample(gpt, 1, labels, generator=torch.Generator(device).manual_seed(0)))
     batch_labels = torch.zeros(EVAL_BATCH, dtype=torch.long, device=device)

@@ -129,13 +129,11 @@ def finite_far(cfg: Config, far: float | None = None) -> float:
 
 def load_stage2_for(stage1_run: str | Path, stage2_run: str | Path, model: Any, device: str):
     """The Stage-2 GPT of `stage2_run`, checked against the Stage-1 `model`: (gpt, cfg2, meta)."""
-    from vq3d.data.tokens import check_same_codebook
+    from vq3d.data.tokens import check_stage2_matches
     from vq3d.train.stage2 import load_stage2
 
     gpt, cfg2, meta = load_stage2(stage2_run, device)
-    check_same_codebook(stage1_run, meta["codebook_hash"], f"the Stage-2 run {stage2_run}")
-    if model.grid**2 != meta["seq_len"]:
-        raise UserError(f"Stage 2 models {meta['seq_len']} tokens but Stage 1 makes {model.grid**2}")
+    check_stage2_matches(stage1_run, model, meta, stage2_run)
     return gpt, cfg2, meta
 
 

@@ -15,6 +15,12 @@ beta * ||z - sg(e)||^2, the encoder's commitment (beta = `commitment`, 0.25). Ta
 Codes unused for `dead_code_steps` training steps are restarted from recent latents, so the
 codebook does not collapse.
 
+Groups (`groups` G, a departure; 1 is the paper's): each token's latent is cut into G equal parts,
+each l2-normalized and matched to its own block of the codebook's columns (product quantization,
+Jegou et al. 2011), so a token carries G ids, G x log2(K) bits, for the same decoder input (the G
+unit parts joined and scaled by 1/sqrt(G), a unit vector). Ids are laid out token-major: token t's
+G ids at t*G .. t*G + G - 1.
+
 Precision and synchronisation: latents, codes, distances and the VQ loss are fp32 under
 autocast too (in bf16 near codes tie); usage counts, dead-code restarts and the usage window
 stay on the device with no host synchronisation (no `nonzero`, `bincount` or `.cpu()` per step).
@@ -36,7 +42,7 @@ from vq3d.precision import full_precision
 @dataclass
 class QuantizerOutput:
     codes: Tensor  # (B, T, code_dim) quantized vectors; the gradient reaches the latents (see `gradient`)
-    ids: Tensor  # (B, T) long
+    ids: Tensor  # (B, T * groups) long, token-major
     loss: Tensor  # scalar VQ loss (codebook + commitment)
     latents: Tensor  # (B, T, code_dim) l2-normalized encoder latents (before quantization)
     perplexity: Tensor  # scalar: exp(entropy) of this batch's code histogram
@@ -61,11 +67,14 @@ def rotation_trick(z: Tensor, e: Tensor) -> Tensor:
 
 class Quantizer(nn.Module):
     def __init__(self, in_dim: int, codebook_size: int, codebook_dim: int, commitment: float,
-                 dead_code_steps: int, gradient: VQGradient = "straight_through") -> None:
+                 dead_code_steps: int, gradient: VQGradient = "straight_through", groups: int = 1) -> None:
         super().__init__()
         if gradient not in ("straight_through", "rotation"):
             raise ValueError(f"unknown VQ gradient {gradient!r}: use straight_through or rotation")
+        if groups < 1 or codebook_dim % groups:
+            raise ValueError(f"codebook_dim {codebook_dim} must split into {groups} equal groups")
         self.gradient = gradient
+        self.groups = groups
         self.proj = nn.Linear(in_dim, codebook_dim)
         self.codebook = nn.Embedding(codebook_size, codebook_dim)
         nn.init.normal_(self.codebook.weight)
@@ -79,25 +88,38 @@ class Quantizer(nn.Module):
         return self.codebook.num_embeddings
 
     def normalized_codebook(self) -> Tensor:
-        """(K, code_dim) unit-length codes."""
-        return F.normalize(self.codebook.weight, dim=-1)
+        """(K, code_dim) codes, each group's part of unit length (with one group: unit codes)."""
+        return self._code_parts().flatten(1)
+
+    def _code_parts(self) -> Tensor:
+        """(K, groups, code_dim / groups) unit-length parts of the codes."""
+        weight = self.codebook.weight
+        return F.normalize(weight.view(weight.shape[0], self.groups, -1), dim=-1)
+
+    def _join(self, parts: Tensor) -> Tensor:
+        """(B, T, G, d / G) unit parts -> (B, T, d) unit vectors."""
+        return parts.flatten(-2) * self.groups ** -0.5
 
     def lookup(self, ids: Tensor) -> Tensor:
-        """ids (B, T) -> unit code vectors (B, T, code_dim)."""
-        return F.embedding(ids, self.normalized_codebook())
+        """ids (B, T * groups) -> unit code vectors (B, T, code_dim)."""
+        ids = ids.view(ids.shape[0], -1, self.groups)
+        return self._join(self._code_parts()[ids, torch.arange(self.groups, device=ids.device)])
 
     def forward(self, features: Tensor) -> QuantizerOutput:
         """features (B, T, in_dim) -> QuantizerOutput (codes, latents and loss in fp32)."""
+        B, T = features.shape[:2]
         with full_precision():  # a tiny projection: in bf16 its rounding alone flips near codes
-            z = F.normalize(self.proj(features.float()), dim=-1)  # (B, T, d)
-            codebook = self.normalized_codebook()  # (K, d)
-            with torch.no_grad():
-                ids = (z.detach().flatten(0, 1) @ codebook.t()).argmax(dim=-1).view(z.shape[:2])
-            e = F.embedding(ids, codebook)
+            z = F.normalize(self.proj(features.float()).view(B, T, self.groups, -1), dim=-1)  # (B, T, G, d/G)
+            codebook = self._code_parts()  # (K, G, d/G)
+            with torch.no_grad():  # each group's nearest code by cosine: (B*T, G, K) -> (B*T, G)
+                ids = torch.einsum("ngd,kgd->ngk", z.detach().flatten(0, 1), codebook).argmax(dim=-1)
+            e = codebook[ids, torch.arange(self.groups, device=ids.device)].view_as(z)
             codebook_loss = F.mse_loss(e, z.detach())
             commitment_loss = F.mse_loss(z, e.detach())
         loss = codebook_loss + self.commitment * commitment_loss
-        codes = rotation_trick(z, e) if self.gradient == "rotation" else z + (e - z).detach()
+        codes = self._join(rotation_trick(z, e) if self.gradient == "rotation" else z + (e - z).detach())
+        ids = ids.view(B, T * self.groups)
+        z = self._join(z)
         counts = code_counts(ids, self.codebook_size).float()
         probs = counts / counts.sum()
         perplexity = torch.exp(-(probs * torch.log(probs.clamp_min(1e-10))).sum())

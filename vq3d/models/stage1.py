@@ -50,7 +50,7 @@ class Stage1Model(nn.Module, VQ3DHubMixin):
             self.encoder = CNNEncoder(res, m.patch_size, m.enc_width)
         self.grid = res // m.patch_size
         self.quantizer = Quantizer(m.enc_width, m.codebook_size, m.codebook_dim, m.commitment, m.dead_code_steps,
-                                   m.vq_gradient)
+                                   m.vq_gradient, m.codebook_groups)
         self.implicit_field: ImplicitField | None = None
         if m.representation == "implicit":
             self.decoder: nn.Module = ImplicitDecoder(self.grid, m.codebook_dim, m.dec_width, m.dec_layers,
@@ -71,8 +71,13 @@ class Stage1Model(nn.Module, VQ3DHubMixin):
         self._check_images(images)
         return self.quantizer(self.encoder(images))
 
+    @property
+    def tokens_per_image(self) -> int:
+        """Ids per image, the length of a Stage-2 sequence: h*w tokens times model.codebook_groups."""
+        return self.grid**2 * self.quantizer.groups
+
     def encode(self, images: Tensor) -> Tensor:
-        """images (B, 3, H, W) in [-1, 1] -> token ids (B, h*w), raster order."""
+        """images (B, 3, H, W) in [-1, 1] -> token ids (B, h*w*groups), raster order, token-major."""
         return self.quantize(images).ids
 
     def decode_codes(self, codes: Tensor) -> Scene:
@@ -83,9 +88,9 @@ class Stage1Model(nn.Module, VQ3DHubMixin):
         return out
 
     def decode(self, ids: Tensor) -> Scene:
-        """ids (B, h*w) -> scene."""
-        if ids.dim() != 2 or ids.shape[1] != self.grid**2:
-            raise ValueError(f"expected token ids of shape (B, {self.grid**2}), got {tuple(ids.shape)}")
+        """ids (B, h*w*groups) -> scene."""
+        if ids.dim() != 2 or ids.shape[1] != self.tokens_per_image:
+            raise ValueError(f"expected token ids of shape (B, {self.tokens_per_image}), got {tuple(ids.shape)}")
         return self.decode_codes(self.quantizer.lookup(ids))
 
     def render(self, scene: Scene, cameras: Cameras, height: int | None = None, width: int | None = None,

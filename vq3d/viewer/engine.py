@@ -119,13 +119,11 @@ class ViewerEngine:
         model, _ = load_stage1(stage1_run, device)
         gpt = cfg2 = meta = None
         if stage2_run is not None:
-            from vq3d.data.tokens import check_same_codebook
+            from vq3d.data.tokens import check_stage2_matches
             from vq3d.train.stage2 import load_stage2
 
             gpt, cfg2, meta = load_stage2(stage2_run, device)
-            check_same_codebook(stage1_run, meta["codebook_hash"], f"the Stage-2 run {stage2_run}")
-            if model.grid**2 != meta["seq_len"]:
-                raise UserError(f"Stage 2 models {meta['seq_len']} tokens but Stage 1 makes {model.grid**2}")
+            check_stage2_matches(stage1_run, model, meta, stage2_run)
         return cls(model, options, gpt, cfg2, meta)
 
     # -- what the page needs to know -------------------------------------------------------------
