@@ -102,7 +102,7 @@ class Quantizer(nn.Module):
 
     def lookup(self, ids: Tensor) -> Tensor:
         """ids (B, T * groups) -> unit code vectors (B, T, code_dim)."""
-        ids = ids.view(ids.shape[0], -1, self.groups)
+        ids = ids.reshape(ids.shape[0], -1, self.groups)
         return self._join(self._code_parts()[ids, torch.arange(self.groups, device=ids.device)])
 
     def forward(self, features: Tensor) -> QuantizerOutput:
