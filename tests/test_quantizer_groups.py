@@ -81,3 +81,14 @@ def test_the_switch_is_checked_and_the_paper_keeps_one_group():
     assert demo().model.codebook_dim % demo().model.codebook_groups == 0
     with pytest.raises(ConfigError, match="codebook_groups"):
         load_config("tiny", [], ["model.codebook_groups=3"])  # tiny's codes have 8 dimensions
+
+
+def test_a_stage2_run_of_another_sequence_length_is_refused(monkeypatch):
+    import vq3d.data.tokens as tokens
+    from vq3d.errors import UserError
+
+    monkeypatch.setattr(tokens, "check_same_codebook", lambda *args: None)  # the codebook check is tested elsewhere
+    model = Stage1Model(load_config("tiny", [], ["model.codebook_groups=2"]))
+    tokens.check_stage2_matches("s1", model, {"codebook_hash": "h", "seq_len": model.grid**2 * 2}, "s2")
+    with pytest.raises(UserError, match="Stage 2 models 16 ids an image but Stage 1 makes 32"):
+        tokens.check_stage2_matches("s1", model, {"codebook_hash": "h", "seq_len": model.grid**2}, "s2")

@@ -33,7 +33,8 @@ def validate(cfg: Config) -> Config:
     m = cfg.model
     if m.codebook_groups < 1 or m.codebook_dim % m.codebook_groups:
         raise ConfigError(f"model.codebook_groups ({m.codebook_groups}) must be >= 1 and divide "
-                          f"model.codebook_dim ({m.codebook_dim}): each group is an equal part of a token's code")
+                          f"model.codebook_dim ({m.codebook_dim}): each group is an equal part of a "
+                          "token's code")
     if cfg.render.kernel == "triton":
         reason = fused_unsupported(cfg.render, implicit=cfg.model.representation == "implicit")
         if reason:

@@ -73,7 +73,8 @@ def check_stage2_matches(stage1_run: str | Path, model, meta: dict[str, Any], st
     `stage1_run`, whose loaded model is `model`: the same codebook and ids per image."""
     check_same_codebook(stage1_run, meta["codebook_hash"], f"the Stage-2 run {stage2_run}")
     if model.tokens_per_image != meta["seq_len"]:
-        raise UserError(f"Stage 2 models {meta['seq_len']} ids an image but Stage 1 makes {model.tokens_per_image}")
+        raise UserError(f"Stage 2 models {meta['seq_len']} ids an image but Stage 1 makes "
+                        f"{model.tokens_per_image}")
 
 
 def _stage1_identity(run_dir: Path, model) -> dict[str, Any]:

@@ -89,8 +89,9 @@ class Stage1Model(nn.Module, VQ3DHubMixin):
 
     def decode(self, ids: Tensor) -> Scene:
         """ids (B, h*w*groups) -> scene."""
-        if ids.dim() != 2 or ids.shape[1] != self.tokens_per_image:
-            raise ValueError(f"expected token ids of shape (B, {self.tokens_per_image}), got {tuple(ids.shape)}")
+        expected = self.tokens_per_image
+        if ids.dim() != 2 or ids.shape[1] != expected:
+            raise ValueError(f"expected token ids of shape (B, {expected}), got {tuple(ids.shape)}")
         return self.decode_codes(self.quantizer.lookup(ids))
 
     def render(self, scene: Scene, cameras: Cameras, height: int | None = None, width: int | None = None,
