@@ -96,6 +96,10 @@ class Quantizer(nn.Module):
         weight = self.codebook.weight
         return F.normalize(weight.view(weight.shape[0], self.groups, -1), dim=-1)
 
+    def _pick(self, parts: Tensor, ids: Tensor) -> Tensor:
+        """(K, G, d / G) code parts, ids (..., G) -> each group's chosen part (..., G, d / G)."""
+        return parts[ids, torch.arange(self.groups, device=ids.device)]
+
     def _join(self, parts: Tensor) -> Tensor:
         """(B, T, G, d / G) unit parts -> (B, T, d) unit vectors."""
         return parts.flatten(-2) * self.groups ** -0.5
@@ -103,7 +107,7 @@ class Quantizer(nn.Module):
     def lookup(self, ids: Tensor) -> Tensor:
         """ids (B, T * groups) -> unit code vectors (B, T, code_dim)."""
         ids = ids.reshape(ids.shape[0], -1, self.groups)
-        return self._join(self._code_parts()[ids, torch.arange(self.groups, device=ids.device)])
+        return self._join(self._pick(self._code_parts(), ids))
 
     def forward(self, features: Tensor) -> QuantizerOutput:
         """features (B, T, in_dim) -> QuantizerOutput (codes, latents and loss in fp32)."""
@@ -113,7 +117,7 @@ class Quantizer(nn.Module):
             codebook = self._code_parts()  # (K, G, d/G)
             with torch.no_grad():  # each group's nearest code by cosine: (B*T, G, K) -> (B*T, G)
                 ids = torch.einsum("ngd,kgd->ngk", z.detach().flatten(0, 1), codebook).argmax(dim=-1)
-            e = codebook[ids, torch.arange(self.groups, device=ids.device)].view_as(z)
+            e = self._pick(codebook, ids).view_as(z)
             codebook_loss = F.mse_loss(e, z.detach())
             commitment_loss = F.mse_loss(z, e.detach())
         loss = codebook_loss + self.commitment * commitment_loss
