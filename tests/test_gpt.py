@@ -14,12 +14,12 @@ VOCAB, SEQ, CLASSES = 11, 9, 3
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def make_gpt(num_classes=CLASSES, seed=0, **overrides):
+def make_gpt(num_classes=CLASSES, seed=0, ids_per_token=1, seq=SEQ, **overrides):
     torch.manual_seed(seed)
     cfg = Stage2Config(layers=2, width=32, heads=4, class_dropout=0.0)
     for key, value in overrides.items():
         setattr(cfg, key, value)
-    return GPT(VOCAB, SEQ, num_classes, cfg).eval()
+    return GPT(VOCAB, seq, num_classes, cfg, ids_per_token).eval()
 
 
 def random_ids(batch, length=SEQ, seed=1):
@@ -35,8 +35,9 @@ def test_logits_shape_and_loss_is_cross_entropy():
     torch.testing.assert_close(loss, expected)
 
 
-def test_changing_a_future_token_never_changes_past_logits():
-    model = make_gpt()
+@pytest.mark.parametrize("ids_per_token", [1, 3])
+def test_changing_a_future_token_never_changes_past_logits(ids_per_token):
+    model = make_gpt(ids_per_token=ids_per_token)  # SEQ = 9: three tokens of three ids
     ids, labels = random_ids(2), torch.tensor([0, 2])
     base = model(ids, labels)
     for t in range(SEQ):
@@ -87,6 +88,39 @@ def test_kv_cache_gives_the_full_forward_logits_at_every_position():
         for t in range(4, SEQ - 1, 2):
             chunks.append(model.decode(ids[:, t:t + 2], None, cache))
         torch.testing.assert_close(torch.cat(chunks, 1), full, rtol=0, atol=1e-5)
+
+
+def test_several_ids_a_token_share_one_stream_position():
+    model = make_gpt(ids_per_token=3)
+    assert model.positions == 3 and model.pos_emb.shape[1] == 3 and len(model.depth) == 2
+    assert model.tok_emb.num_embeddings == 3 * VOCAB  # each group its own rows
+    ids, labels = random_ids(2), torch.tensor([0, 1])
+    full = model(ids, labels)
+    # a token's first id is read off its position as with one id a token; the cache gives the same
+    cache = model.new_cache()
+    firsts = [model.decode(ids[:, :0], labels, cache)] + [model.decode(ids[:, t:t + 3], None, cache)
+                                                          for t in (0, 3)]
+    torch.testing.assert_close(torch.cat(firsts, 1), full[:, 0::3], rtol=0, atol=1e-5)
+    # id g of a token: the depth steps from its position's output and the token's ids before g
+    states = model.stream(ids[:, :6], labels)  # (2, 3, C): position p predicts token p
+    for p in range(3):
+        for g in range(3):
+            torch.testing.assert_close(model.id_logits(states[:, p], ids[:, 3 * p: 3 * p + g]),
+                                       full[:, 3 * p + g], rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="whole tokens"):
+        model(ids[:, :8], labels)
+    with pytest.raises(ValueError, match="ids a token"):
+        make_gpt(ids_per_token=2)  # 9 ids do not make tokens of 2
+
+
+def test_one_id_a_token_keeps_the_papers_parameters():
+    plain, grouped = make_gpt(), make_gpt(ids_per_token=1)
+    assert list(plain.state_dict()) == list(grouped.state_dict()) and len(plain.depth) == 0
+    three = make_gpt(ids_per_token=3)
+    width, mlp = 32, 4 * 32
+    depth_step = VOCAB * width + 2 * (2 * width) + (width * mlp + mlp) + (mlp * width + width) + width * VOCAB
+    spatial = gpt_param_count(plain) - SEQ * width + 3 * width  # 3 positions, not 9
+    assert gpt_param_count(three) == spatial + 2 * VOCAB * width + 2 * depth_step
 
 
 def test_class_dropout_replaces_labels_only_in_training():
@@ -156,10 +190,11 @@ def test_param_groups_cover_every_parameter_once():
     assert id(model.head.weight) in decayed and id(model.tok_emb.weight) not in decayed
 
 
-def test_tiny_gpt_memorises_sequences_and_greedy_sampling_recalls_them():
+@pytest.mark.parametrize("ids_per_token", [1, 2])
+def test_tiny_gpt_memorises_sequences_and_greedy_sampling_recalls_them(ids_per_token):
     torch.manual_seed(0)
     cfg = Stage2Config(layers=2, width=64, heads=4, class_dropout=0.0)
-    model = GPT(16, 8, 4, cfg)
+    model = GPT(16, 8, 4, cfg, ids_per_token)
     data = torch.randint(0, 16, (4, 8), generator=torch.Generator().manual_seed(3))
     labels = torch.arange(4)
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)

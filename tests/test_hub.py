@@ -23,8 +23,9 @@ def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("hub")
     data, s1, tok, s2 = root / "data", root / "s1", root / "tok", root / "s2"
     assert main(["synth", "--out", str(data), "--n", "20", "--res", "16", "--views", "1", "--no-progress"]) == 0
+    # two ids a token, so the exports carry Stage 2's one position a token (the pipeline tests run one id)
     assert main(["train", "stage1", "--preset", "tiny", "--data", str(data), "--out", str(s1), "--set",
-                 "train.steps=4", "--set", "train.ema_decay=0.5"]) == 0
+                 "train.steps=4", "--set", "train.ema_decay=0.5", "--set", "model.codebook_groups=2"]) == 0
     assert main(["tokens", "--stage1", str(s1), "--data", str(data), "--out", str(tok)]) == 0
     assert main(["train", "stage2", "--stage1", str(s1), "--tokens", str(tok), "--out", str(s2),
                  "--steps", "3"]) == 0
@@ -72,6 +73,7 @@ def test_a_stage2_run_round_trips_and_generates_from_exports(runs, tmp_path):
     loaded = GPT.from_pretrained(s2_out)
     assert _same_weights(trained, loaded) and loaded.hub_cfg == cfg
     assert loaded.hub_meta["codebook_hash"] == meta["codebook_hash"]
+    assert meta["ids_per_token"] == loaded.ids_per_token == 2 and loaded.positions == loaded.seq_len // 2
     assert "No held-out metrics" in (s1_out / "README.md").read_text()
     assert main(["generate", "--stage1", str(s1_out), "--stage2", str(s2_out), "-n", "1", "--out",
                  str(tmp_path / "gen"), "--frames", "2"]) == 0

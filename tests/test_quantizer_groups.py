@@ -1,6 +1,7 @@
 """Grouped codes (`model.codebook_groups`, product quantization): each part of a token's latent
 matched to its own block of codebook columns, checked against a brute-force nearest-part search,
-and the token-major ids carried through Stage 1's encode and decode."""
+the token-major ids carried through Stage 1's encode and decode, and Stage 2 giving a token's ids
+one stream position."""
 
 import pytest
 import torch
@@ -92,3 +93,27 @@ def test_a_stage2_run_of_another_sequence_length_is_refused(monkeypatch):
     tokens.check_stage2_matches("s1", model, {"codebook_hash": "h", "seq_len": model.grid**2 * 2}, "s2")
     with pytest.raises(UserError, match="Stage 2 models 16 ids an image but Stage 1 makes 32"):
         tokens.check_stage2_matches("s1", model, {"codebook_hash": "h", "seq_len": model.grid**2}, "s2")
+
+
+def test_stage2_gives_a_token_one_position_and_its_samples_decode():
+    from vq3d.models.sampling import sample
+    from vq3d.train.stage2 import build_gpt, ids_per_position
+
+    cfg = load_config("tiny", [], ["model.codebook_groups=2"])
+    torch.manual_seed(0)
+    stage1 = Stage1Model(cfg).eval()
+    info = {"seq_len": stage1.tokens_per_image, "grid": stage1.grid, "codebook_size": cfg.model.codebook_size,
+            "num_classes": 2}
+    assert ids_per_position(cfg, info) == 2
+    flat = load_config("tiny", [], ["model.codebook_groups=2", "stage2.group_ids=sequence"])
+    assert ids_per_position(flat, info) == 1
+    assert build_gpt(cfg, info).ids_per_token == 1  # a run made before the key: one id a position
+    gpt = build_gpt(cfg, info | {"ids_per_token": 2})
+    assert gpt.positions == stage1.grid**2 and gpt.seq_len == stage1.tokens_per_image
+    images = torch.rand(2, 3, 16, 16) * 2 - 1
+    ids = stage1.encode(images)
+    _, loss = gpt(ids, torch.tensor([0, 1]), targets=ids)
+    assert loss.isfinite()
+    sampled = sample(gpt, 2, torch.tensor([0, 1]), seed=0)
+    assert sampled.shape == ids.shape and int(sampled.max()) < cfg.model.codebook_size
+    stage1.decode(sampled)  # whole tokens, token-major: what Stage 1's decoder reads

@@ -15,12 +15,14 @@ VOCAB, SEQ, CLASSES = 13, 10, 3
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def make_gpt(num_classes=CLASSES, seed=0):
+def make_gpt(num_classes=CLASSES, seed=0, ids_per_token=1):
     torch.manual_seed(seed)
     cfg = Stage2Config(layers=2, width=32, heads=4, class_dropout=0.0)
-    model = GPT(VOCAB, SEQ, num_classes, cfg).eval()
+    model = GPT(VOCAB, SEQ, num_classes, cfg, ids_per_token).eval()
     with torch.no_grad():  # sharper, more varied distributions than the 0.02-std init gives
         model.head.weight.mul_(100.0)
+        for step in model.depth:
+            step.head.weight.mul_(100.0)
     return model
 
 
@@ -109,9 +111,12 @@ def test_temperature_one_samples_the_softmax():
 
 
 def full_forward_next_logits(model, ids, labels):
-    """Logits for id t from a full teacher-forced forward over ids (B, t) and a dummy id."""
-    padded = torch.cat([ids, torch.zeros(len(ids), 1, dtype=torch.long)], 1)
-    return model(padded, labels)[:, -1]
+    """Logits for id t from a full teacher-forced forward over ids (B, t) and dummy ids up to a
+    whole token (logits at t see ids before t only)."""
+    t = ids.shape[1]
+    padded = torch.cat([ids, torch.zeros(len(ids), model.ids_per_token - t % model.ids_per_token,
+                                         dtype=torch.long)], 1)
+    return model(padded, labels)[:, t]
 
 
 def reference_sample(model, labels, seed, temperature, top_k, top_p, guidance):
@@ -146,8 +151,9 @@ def test_guidance_one_equals_plain_conditional_sampling():
     assert torch.equal(plain, doubled)
 
 
-def test_guidance_is_applied_before_temperature_and_filters():
-    model = make_gpt()
+@pytest.mark.parametrize("ids_per_token", [1, 2])
+def test_guidance_is_applied_before_temperature_and_filters(ids_per_token):
+    model = make_gpt(ids_per_token=ids_per_token)
     labels = torch.tensor([0, 1, 2, 1, 0])
     for guidance, temperature, top_k, top_p in ((3.0, 0.0, 0, 1.0), (2.0, 0.7, 4, 0.8), (0.0, 1.0, 0, 0.6)):
         ref = reference_sample(model, labels, 9, temperature, top_k, top_p, guidance)
@@ -170,9 +176,10 @@ def test_fixed_seed_reproduces_and_other_seed_differs_without_touching_global_rn
     assert torch.equal(sample(model, 4, labels, generator=gen, guidance=2.0), first)
 
 
-def test_cache_and_no_cache_sample_the_same_ids():
+@pytest.mark.parametrize("ids_per_token", [1, 2])
+def test_cache_and_no_cache_sample_the_same_ids(ids_per_token):
     for num_classes, labels in ((CLASSES, torch.tensor([2, 0, 3])), (0, None)):
-        model = make_gpt(num_classes)
+        model = make_gpt(num_classes, ids_per_token=ids_per_token)
         guidance = 1.5 if num_classes else 1.0
         with_cache = sample(model, 3, labels, guidance=guidance, top_p=0.95, seed=5)
         without = sample(model, 3, labels, guidance=guidance, top_p=0.95, seed=5, use_cache=False)
@@ -186,6 +193,10 @@ def test_shorter_sequences_and_bad_arguments():
     assert sample(model, 2, torch.tensor([0, 1]), seq_len=4).shape == (2, 4)
     with pytest.raises(ValueError):
         sample(model, 2, torch.tensor([0, 1]), seq_len=SEQ + 1)
+    grouped = make_gpt(ids_per_token=2)
+    assert sample(grouped, 2, torch.tensor([0, 1]), seq_len=4).shape == (2, 4)
+    with pytest.raises(ValueError, match="whole tokens"):
+        sample(grouped, 2, torch.tensor([0, 1]), seq_len=5)
     with pytest.raises(ValueError):
         sample(model, 2, torch.tensor([0, 1, 2]))
     with pytest.raises(ValueError):

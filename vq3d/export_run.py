@@ -91,7 +91,8 @@ def _stage2(run: Path, steps: int, device: str) -> tuple[Any, dict[str, Any]]:
 
     model, cfg, meta = load_stage2(run, device)
     model.hub_cfg = cfg
-    keep = ("codebook_size", "seq_len", "num_classes", "class_names", "codebook_hash", "unigram_entropy_bits")
+    keep = ("codebook_size", "seq_len", "ids_per_token", "num_classes", "class_names", "codebook_hash",
+            "unigram_entropy_bits")
     model.hub_meta = {k: meta[k] for k in keep if k in meta} | {"steps": steps, "source_run": str(run.resolve())}
     val = [r for r in read_metrics(run) if "val_bits_per_token" in r]
     metrics = [("validation bits per token", f"{val[-1]['val_bits_per_token']:.4g}")] if val else []

@@ -108,9 +108,9 @@ def probe_costs(cfg: Config, device: str = "cpu", batch: int = EVAL_BATCH, num_c
     an untrained model of `cfg`'s sizes (each the least of PROBE_REPEATS calls, after a warm-up;
     the batch once), and the making and reading back of synthetic scenes of `views` novel views;
     2-3 s for the demo preset on 2 cores."""
-    from vq3d.models.gpt import GPT
     from vq3d.models.sampling import sample
     from vq3d.models.stage1 import Stage1Model
+    from vq3d.train.stage2 import build_gpt, ids_per_position
 
     start = time.perf_counter()
     gen = torch.Generator().manual_seed(0)
@@ -132,7 +132,9 @@ def probe_costs(cfg: Config, device: str = "cpu", batch: int = EVAL_BATCH, num_c
     render_batched = least(lambda: model.render(scene, model.canonical_cameras(batch, device))) / batch
     render_single = least(lambda: model.render(one, model.canonical_cameras(1, device)))
     encode = least(lambda: model.encode(images)) / batch
-    gpt = GPT(cfg.model.codebook_size, model.tokens_per_image, num_classes, cfg.stage2).to(device).eval()
+    token_info = {"seq_len": model.tokens_per_image, "grid": model.grid, "codebook_size": cfg.model.codebook_size,
+                  "num_classes": num_classes}
+    gpt = build_gpt(cfg, token_info | {"ids_per_token": ids_per_position(cfg, token_info)}).to(device).eval()
     labels = torch.zeros(1, dtype=torch.long, device=device)
     sample_sequence = least(lambda: sample(gpt, 1, labels, generator=torch.Generator(device).manual_seed(0)))
     batch_labels = torch.zeros(EVAL_BATCH, dtype=torch.long, device=device)

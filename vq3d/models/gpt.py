@@ -19,6 +19,16 @@ scaled by 1/sqrt(2 * layers)). The output head is untied from the token embeddin
 
 `decode` runs the stream incrementally with a `KVCache` (preallocated per-layer key/value
 buffers), giving the same logits as the full forward pass; `vq3d.models.sampling` drives it.
+
+Several ids a token (`ids_per_token` G > 1, Stage 1's `model.codebook_groups` with
+`stage2.group_ids=position`): the stream holds one position per token, not per id, so its
+transformer runs over h*w positions whatever G is. A token enters the stream as the sum of its G
+ids' embeddings (each group its own table). Its first id is read off the position's output as
+above; id g > 0 from a depth step that adds the embedding of id g-1 to that output and applies one
+residual MLP, so it depends on the token's earlier ids (the RQ-Transformer's split of a token's
+ids between a spatial and a depth model, Lee et al. 2022, with an MLP for the depth model). Ids
+stay token-major outside: (B, h*w*G), logits (B, h*w*G, V). G = 1 is the model above, parameter
+for parameter.
 """
 
 from __future__ import annotations
@@ -130,42 +140,67 @@ class Block(nn.Module):
         return x + self.mlp(self.ln2(x))
 
 
+class DepthStep(nn.Module):
+    """From the output for a token's id g-1 to its id g: x + emb(id) then a residual MLP."""
+
+    def __init__(self, vocab_size: int, cfg: Stage2Config):
+        super().__init__()
+        self.prev_emb = nn.Embedding(vocab_size, cfg.width)
+        self.ln = nn.LayerNorm(cfg.width)
+        self.mlp = MLP(cfg.width, cfg.mlp_ratio * cfg.width, cfg.dropout)
+        self.ln_out = nn.LayerNorm(cfg.width)
+        self.head = nn.Linear(cfg.width, vocab_size, bias=False)
+
+    def forward(self, x: torch.Tensor, prev_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (..., C) the state for id g-1, prev_ids (...) long -> (state for id g, its logits (..., V))."""
+        x = x + self.prev_emb(prev_ids)
+        x = x + self.mlp(self.ln(x))
+        return x, self.head(self.ln_out(x))
+
+
 class GPT(nn.Module, VQ3DHubMixin):
     """Next-image-token model. `GPT(vocab_size, seq_len, num_classes, cfg)`;
     `GPT.from_pretrained(dir_or_hub_id)` loads an exported one (vq3d.models.hub).
 
-    vocab_size: Stage-1 codebook size K. seq_len: image tokens per image (h*w). num_classes: 0 for
+    vocab_size: Stage-1 codebook size K. seq_len: image ids per image (h*w*G). num_classes: 0 for
     an unconditional model, else the number of classes (labels 0..num_classes-1; label
-    `num_classes` is the null class).
+    `num_classes` is the null class). ids_per_token: G, the ids that share a stream position.
     """
 
     hub_kind = "stage2"
 
     @classmethod
     def from_hub_config(cls, cfg, meta: dict) -> "GPT":
-        return cls(meta["codebook_size"], meta["seq_len"], meta["num_classes"], cfg.stage2)
+        return cls(meta["codebook_size"], meta["seq_len"], meta["num_classes"], cfg.stage2,
+                   meta.get("ids_per_token", 1))
 
-    def __init__(self, vocab_size: int, seq_len: int, num_classes: int, cfg: Stage2Config):
+    def __init__(self, vocab_size: int, seq_len: int, num_classes: int, cfg: Stage2Config,
+                 ids_per_token: int = 1):
         super().__init__()
-        if vocab_size < 1 or seq_len < 1 or num_classes < 0:
-            raise ValueError(f"bad GPT sizes: vocab {vocab_size}, seq_len {seq_len}, classes {num_classes}")
+        if vocab_size < 1 or seq_len < 1 or num_classes < 0 or ids_per_token < 1 or seq_len % ids_per_token:
+            raise ValueError(f"bad GPT sizes: vocab {vocab_size}, seq_len {seq_len}, classes {num_classes}, "
+                             f"ids a token {ids_per_token}")
         self.vocab_size = vocab_size
         self.seq_len = seq_len
+        self.ids_per_token = ids_per_token
+        self.positions = seq_len // ids_per_token  # stream positions: one a token
         self.num_classes = num_classes
         self.class_dropout = cfg.class_dropout
         self.num_layers = cfg.layers
         width = cfg.width
 
-        self.tok_emb = nn.Embedding(vocab_size, width)  # image ids only
+        # image ids only; group g's ids are rows [g K, (g+1) K)
+        self.tok_emb = nn.Embedding(ids_per_token * vocab_size, width)
         if num_classes > 0:
             self.class_emb = nn.Embedding(num_classes + 1, width)  # last row: null class
         else:
             self.start_emb = nn.Parameter(torch.zeros(1, 1, width))
-        self.pos_emb = nn.Parameter(torch.zeros(1, seq_len, width))
+        self.pos_emb = nn.Parameter(torch.zeros(1, self.positions, width))
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.layers))
         self.ln_f = nn.LayerNorm(width)
-        self.head = nn.Linear(width, vocab_size, bias=False)
+        self.head = nn.Linear(width, vocab_size, bias=False)  # a token's first id
+        self.depth = nn.ModuleList(DepthStep(vocab_size, cfg) for _ in range(ids_per_token - 1))
         self._init_weights(cfg.layers)
 
     @property
@@ -181,7 +216,8 @@ class GPT(nn.Module, VQ3DHubMixin):
 
     def spec(self) -> dict[str, int]:
         """The constructor's sizes (store them beside a checkpoint's state dict)."""
-        return {"vocab_size": self.vocab_size, "seq_len": self.seq_len, "num_classes": self.num_classes}
+        return {"vocab_size": self.vocab_size, "seq_len": self.seq_len, "num_classes": self.num_classes,
+                "ids_per_token": self.ids_per_token}
 
     def _init_weights(self, layers: int) -> None:
         # nanoGPT / GPT-2: N(0, 0.02) everywhere, residual projections N(0, 0.02 / sqrt(2 L))
@@ -200,8 +236,8 @@ class GPT(nn.Module, VQ3DHubMixin):
             nn.init.normal_(self.start_emb, std=0.02)
 
     def new_cache(self, max_len: int | None = None) -> KVCache:
-        """An empty KV cache for up to `max_len` (default seq_len) stream positions."""
-        return KVCache(self.num_layers, max_len or self.seq_len)
+        """An empty KV cache for up to `max_len` (default: one a token) stream positions."""
+        return KVCache(self.num_layers, max_len or self.positions)
 
     def _check_labels(
         self, labels: torch.Tensor | None, batch: int, device: torch.device
@@ -214,6 +250,37 @@ class GPT(nn.Module, VQ3DHubMixin):
             raise ValueError(f"labels must have shape ({batch},), got {tuple(labels.shape)}")
         return labels
 
+    def stream(
+        self, ids: torch.Tensor, labels: torch.Tensor | None = None, cache: KVCache | None = None
+    ) -> torch.Tensor:
+        """Append whole tokens to the input stream and return the processed positions' states.
+
+        ids (B, S*G) long: the ids of S tokens, token-major. If the stream is empty (no cache, or
+        cache.length == 0) the class/start embedding is prepended, so S+1 positions are processed
+        and `labels` (B,) is used; otherwise `labels` is ignored (the class sits in the cache).
+        Returns (B, S', C), S' = S or S+1, before the final norm: each predicts the next token.
+        """
+        B, n = ids.shape
+        G = self.ids_per_token
+        if n % G:
+            raise ValueError(f"ids must hold whole tokens of {G} ids, got {n}")
+        start = cache.length if cache is not None else 0
+        groups = torch.arange(G, device=ids.device) * self.vocab_size  # each group's rows of tok_emb
+        x = self.tok_emb(ids.view(B, n // G, G) + groups).sum(2)  # (B, S, C)
+        if start == 0:
+            labels = self._check_labels(labels, B, ids.device)
+            first = self.class_emb(labels)[:, None] if self.conditional else self.start_emb.expand(B, 1, -1)
+            x = torch.cat([first.to(x.dtype), x], dim=1)  # (B, S+1, C)
+        S = x.shape[1]
+        if start + S > self.positions:
+            raise ValueError(f"stream length {start + S} exceeds its {self.positions} positions")
+        x = self.drop(x + self.pos_emb[:, start:start + S])
+        for block in self.blocks:
+            x = block(x, cache)
+        if cache is not None:
+            cache.advance(S)
+        return x
+
     def decode(
         self,
         ids: torch.Tensor,
@@ -221,32 +288,21 @@ class GPT(nn.Module, VQ3DHubMixin):
         cache: KVCache | None = None,
         last_only: bool = False,
     ) -> torch.Tensor:
-        """Append positions to the input stream and return their logits.
-
-        ids (B, S) long: image ids to append. If the stream is empty (no cache, or cache.length
-        == 0) the class/start embedding is prepended, so S+1 positions are processed and
-        `labels` (B,) is used; otherwise `labels` is ignored (the class sits in the cache).
-        Returns logits (B, S', V) for the processed positions (S' = S or S+1; the last one
-        predicts the next image id), or (B, 1, V) for the last position only if `last_only`.
-        """
-        B = ids.shape[0]
-        start = cache.length if cache is not None else 0
-        x = self.tok_emb(ids)  # (B, S, C)
-        if start == 0:
-            labels = self._check_labels(labels, B, ids.device)
-            first = self.class_emb(labels)[:, None] if self.conditional else self.start_emb.expand(B, 1, -1)
-            x = torch.cat([first.to(x.dtype), x], dim=1)  # (B, S+1, C)
-        S = x.shape[1]
-        if start + S > self.seq_len:
-            raise ValueError(f"stream length {start + S} exceeds seq_len {self.seq_len}")
-        x = self.drop(x + self.pos_emb[:, start:start + S])
-        for block in self.blocks:
-            x = block(x, cache)
-        if cache is not None:
-            cache.advance(S)
+        """`stream`, then the logits of each processed position's first id: (B, S', V), or (B, 1,
+        V) for the last position only if `last_only` (with one id a token: the next image id)."""
+        x = self.stream(ids, labels, cache)
         if last_only:
             x = x[:, -1:]
         return self.head(self.ln_f(x))  # (B, S', V)
+
+    def id_logits(self, state: torch.Tensor, given: torch.Tensor) -> torch.Tensor:
+        """Logits of a token's id g: state (B, C) its position's output, given (B, g) long the
+        token's ids 0..g-1 already drawn -> (B, V)."""
+        if given.shape[1] == 0:
+            return self.head(self.ln_f(state))
+        for g in range(given.shape[1]):
+            state, logits = self.depth[g](state, given[:, g])
+        return logits
 
     def forward(
         self, ids: torch.Tensor, labels: torch.Tensor | None = None, targets: torch.Tensor | None = None
@@ -258,12 +314,19 @@ class GPT(nn.Module, VQ3DHubMixin):
         (usually `ids`; -1 entries are ignored) returns (logits, mean cross-entropy).
         """
         B, T = ids.shape
-        if T < 1:
-            raise ValueError("ids must hold at least one token")
+        G = self.ids_per_token
+        if T < G or T % G:
+            raise ValueError(f"ids must hold whole tokens of {G} ids, got {T}")
         if self.conditional and labels is not None and self.training and self.class_dropout > 0:
             drop = torch.rand(B, device=ids.device) < self.class_dropout
             labels = torch.where(drop, torch.full_like(labels, self.null_class), labels)
-        logits = self.decode(ids[:, :-1], labels)  # (B, T, V)
+        state = self.stream(ids[:, :-G], labels)  # (B, T/G, C): position p predicts token p
+        per_id = [self.head(self.ln_f(state))]
+        tokens = ids.view(B, T // G, G)
+        for g, step in enumerate(self.depth):  # id g+1 of each token, from its true id g
+            state, logits = step(state, tokens[..., g])
+            per_id.append(logits)
+        logits = torch.stack(per_id, dim=2).reshape(B, T, self.vocab_size)  # token-major, as ids
         if targets is None:
             return logits
         flat_logits = logits.reshape(-1, self.vocab_size).float()

@@ -82,7 +82,11 @@ def sample_next(
 
 
 class _NextLogits:
-    """Logits for the next image id of every sample (guidance applied), cached or not."""
+    """Logits for the next image id of every sample (guidance applied), cached or not.
+
+    The stream runs once a token: its output state is kept for the token's later ids, which the
+    model's depth steps read off it (`GPT.id_logits`); with one id a token that is every id.
+    """
 
     def __init__(self, model: GPT, labels: torch.Tensor | None, guidance: float, use_cache: bool):
         self.model = model
@@ -93,18 +97,26 @@ class _NextLogits:
             labels = torch.cat([labels, null])
         self.labels = labels
         self.cache = model.new_cache() if use_cache else None
+        self.state: torch.Tensor | None = None  # (n or 2n, C): the current token's position output
 
     def __call__(self, ids: torch.Tensor) -> torch.Tensor:
         """ids (n, t): the samples so far (t = 0 at the start) -> logits (n, V) for id t."""
-        if self.cache is None:
-            new = ids  # recompute the whole prefix
-        elif self.cache.length == 0:
-            new = ids  # first call: class/start token (+ any prefix)
-        else:
-            new = ids[:, self.cache.length - 1:]  # the ids not in the cache yet
+        G = self.model.ids_per_token
+        token, group = divmod(ids.shape[1], G)
+        if group == 0:  # a new token: run the stream up to its position
+            if self.cache is None:
+                new = ids  # recompute the whole prefix
+            elif self.cache.length == 0:
+                new = ids  # first call: class/start token (+ any prefix)
+            else:
+                new = ids[:, (self.cache.length - 1) * G:]  # the tokens not in the cache yet
+            if self.guided:
+                new = torch.cat([new, new])
+            self.state = self.model.stream(new, self.labels, self.cache)[:, -1]
+        given = ids[:, token * G:]  # (n, group): this token's ids so far
         if self.guided:
-            new = torch.cat([new, new])
-        logits = self.model.decode(new, self.labels, self.cache, last_only=True)[:, -1]  # (B, V)
+            given = torch.cat([given, given])
+        logits = self.model.id_logits(self.state, given)  # (B, V)
         if self.guided:
             cond, uncond = logits.chunk(2)
             logits = guided_logits(cond, uncond, self.guidance)
@@ -127,7 +139,7 @@ def sample(
     """Sample n token sequences: -> ids (n, seq_len) long, on the model's device.
 
     labels (n,) long for a class-conditional model (None: the null class); ignored by an
-    unconditional one. seq_len defaults to model.seq_len. guidance != 1 doubles the batch
+    unconditional one. seq_len (ids, whole tokens of model.ids_per_token) defaults to model.seq_len. guidance != 1 doubles the batch
     (conditional + null class). Randomness comes from `generator` (on the model's device) or a
     new one seeded with `seed` (default 0); the global RNG is not used. The model runs in eval
     mode under no_grad; its train/eval mode is restored afterwards. `use_cache=False`
@@ -136,8 +148,9 @@ def sample(
     model = unwrap(model)
     device = next(model.parameters()).device
     seq_len = seq_len or model.seq_len
-    if not 1 <= seq_len <= model.seq_len:
-        raise ValueError(f"seq_len must lie in [1, {model.seq_len}], got {seq_len}")
+    if not 1 <= seq_len <= model.seq_len or seq_len % model.ids_per_token:
+        raise ValueError(f"seq_len must lie in [1, {model.seq_len}] and hold whole tokens of "
+                         f"{model.ids_per_token} ids, got {seq_len}")
     if model.conditional and labels is not None:
         labels = labels.to(device=device, dtype=torch.long)
         if labels.shape != (n,):

@@ -59,8 +59,18 @@ def unigram_entropy_bits(ids: np.ndarray, vocab: int) -> float:
     return float(-(p * np.log2(p)).sum())
 
 
+def ids_per_position(cfg: Config, info: dict) -> int:
+    """Ids that share a stream position under `stage2.group_ids`, for a token folder's info: a
+    token's ids ("position") or one ("sequence")."""
+    if cfg.stage2.group_ids == "sequence":
+        return 1
+    return info["seq_len"] // info["grid"] ** 2
+
+
 def build_gpt(cfg: Config, info: dict) -> GPT:
-    return GPT(info["codebook_size"], info["seq_len"], info["num_classes"], cfg.stage2)
+    """The GPT of a run: info is a token folder's or a run's stage2.json (ids_per_token: 1 if missing,
+    what runs made before the key were)."""
+    return GPT(info["codebook_size"], info["seq_len"], info["num_classes"], cfg.stage2, info.get("ids_per_token", 1))
 
 
 @torch.no_grad()
@@ -105,7 +115,7 @@ def _write_run_info(run_dir: Path, tokens_dir: str | Path, info: dict, ids: np.n
     atomic_write_json(run_dir / "stage2.json", {
         "tokens": str(Path(tokens_dir).resolve()), **{k: info[k] for k in (
             "stage1_run", "stage1_checkpoint", "codebook_hash", "codebook_size", "seq_len", "num_classes",
-            "class_names")},
+            "class_names", "ids_per_token")},
         "unigram_entropy_bits": unigram_entropy_bits(ids[train_rows], info["codebook_size"]),
         "train_rows": len(train_rows), "val_rows": len(val_rows)})
 
@@ -133,6 +143,7 @@ def train_stage2(cfg: Config, tokens_dir: str | Path, run_dir: str | Path, resum
     if info["num_classes"] and (labels.min() < 0 or labels.max() >= info["num_classes"]):
         raise UserError(f"labels in {tokens_dir} fall outside [0, {info['num_classes']})")
     cfg, start = prepare_run(run_dir, cfg, resume, overrides)
+    info["ids_per_token"] = ids_per_position(cfg, info)
     run_dir = Path(run_dir)
     s2 = cfg.stage2
     core = TrainerCore(cfg, run_dir, start)  # device, DDP, autocast, checkpoints, run control
