@@ -28,8 +28,8 @@ def runs(tmp_path_factory):
                  "train.steps=4", "--set", "train.ema_decay=0.5", "--set", "model.codebook_groups=2"]) == 0
     assert main(["tokens", "--stage1", str(s1), "--data", str(data), "--out", str(tok)]) == 0
     assert main(["train", "stage2", "--stage1", str(s1), "--tokens", str(tok), "--out", str(s2),
-                 "--steps", "3"]) == 0
-    return {"data": data, "s1": s1, "s2": s2, "root": root}
+                 "--steps", "3", "--set", "stage2.group_ids=position"]) == 0
+    return {"data": data, "s1": s1, "s2": s2, "tok": tok, "root": root}
 
 
 def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
@@ -77,6 +77,28 @@ def test_a_stage2_run_round_trips_and_generates_from_exports(runs, tmp_path):
     assert "No held-out metrics" in (s1_out / "README.md").read_text()
     assert main(["generate", "--stage1", str(s1_out), "--stage2", str(s2_out), "-n", "1", "--out",
                  str(tmp_path / "gen"), "--frames", "2"]) == 0
+
+
+def test_a_two_id_run_made_before_the_layout_key_loads_and_resumes_as_trained(runs, tmp_path):
+    run = tmp_path / "old"
+    train = ["train", "stage2", "--stage1", str(runs["s1"]), "--tokens", str(runs["tok"]), "--out", str(run)]
+    assert main([*train, "--steps", "2", "--set", "stage2.group_ids=sequence"]) == 0
+    # what such a run holds: no ids_per_token in stage2.json, no group_ids in config.yaml
+    meta = json.loads((run / "stage2.json").read_text())
+    assert meta.pop("ids_per_token") == 1
+    (run / "stage2.json").write_text(json.dumps(meta))
+    config = (run / "config.yaml").read_text()
+    assert "group_ids: sequence" in config
+    old_config = "\n".join(line for line in config.splitlines() if "group_ids" not in line)
+    (run / "config.yaml").write_text(old_config)
+    model, _, _ = load_stage2(run)
+    assert model.ids_per_token == 1 and model.positions == model.seq_len
+    assert main([*train, "--resume", "--steps", "3"]) == 0
+    kept = (run / "config.yaml").read_text(), (run / "stage2.json").read_text()
+    # another layout on resume is refused before the folder is touched
+    assert main([*train, "--resume", "--steps", "4", "--set", "stage2.group_ids=position"]) == 2
+    assert ((run / "config.yaml").read_text(), (run / "stage2.json").read_text()) == kept
+    assert load_stage2(run)[0].ids_per_token == 1
 
 
 def test_a_hub_id_loads_from_the_local_cache_only(runs, tmp_path, monkeypatch):

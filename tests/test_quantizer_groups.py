@@ -99,14 +99,15 @@ def test_stage2_gives_a_token_one_position_and_its_samples_decode():
     from vq3d.models.sampling import sample
     from vq3d.train.stage2 import build_gpt, ids_per_position
 
-    cfg = load_config("tiny", [], ["model.codebook_groups=2"])
+    cfg = load_config("tiny", [], ["model.codebook_groups=2", "stage2.group_ids=position"])
     torch.manual_seed(0)
     stage1 = Stage1Model(cfg).eval()
     info = {"seq_len": stage1.tokens_per_image, "grid": stage1.grid, "codebook_size": cfg.model.codebook_size,
             "num_classes": 2}
     assert ids_per_position(cfg, info) == 2
-    flat = load_config("tiny", [], ["model.codebook_groups=2", "stage2.group_ids=sequence"])
+    flat = load_config("tiny", [], ["model.codebook_groups=2"])  # the default: an id a position
     assert ids_per_position(flat, info) == 1
+    assert demo().stage2.group_ids == "position"
     assert build_gpt(cfg, info).ids_per_token == 1  # a run made before the key: one id a position
     gpt = build_gpt(cfg, info | {"ids_per_token": 2})
     assert gpt.positions == stage1.grid**2 and gpt.seq_len == stage1.tokens_per_image

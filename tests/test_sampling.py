@@ -201,3 +201,12 @@ def test_shorter_sequences_and_bad_arguments():
         sample(model, 2, torch.tensor([0, 1, 2]))
     with pytest.raises(ValueError):
         sample(model, 2, torch.tensor([0, CLASSES + 1]))
+
+
+def test_the_sampling_benchmark_builds_the_demos_gpt():
+    from vq3d.bench.sample import _settings, run_setting
+
+    vocab, seq_len, _, ids_per_token = _settings(1024)["demo"]
+    assert (seq_len, ids_per_token) == (128, 2)  # 8x8 tokens of two ids, a token a position
+    row = run_setting(VOCAB, 8, Stage2Config(layers=1, width=16, heads=2), batch=2, ids_per_token=2)
+    assert row["ids_per_token"] == 2 and row["identical_samples"]

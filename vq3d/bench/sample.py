@@ -1,7 +1,8 @@
 """Stage-2 sampling throughput with and without the KV cache (`vq3d bench sample --json`).
 
 Two settings, each sampled twice with the same model, batch, seed and sequence length:
-  demo: the demo preset's GPT over (32/4)^2 = 64 image tokens (vocabulary: demo codebook);
+  demo: the demo preset's GPT over (32/4)^2 = 64 image tokens of its model.codebook_groups ids
+        each, at the positions its stage2.group_ids gives them (vocabulary: demo codebook);
   long: 1024 image tokens (the paper's 32x32 grid) with a small GPT (4 layers, width 256).
 "With cache" decodes one position per step from the KV cache; "without cache" recomputes the
 full forward over the growing prefix every step (only the last position's head is evaluated).
@@ -22,18 +23,20 @@ import torch
 from vq3d.config import Stage2Config, demo
 from vq3d.models.gpt import GPT, gpt_param_count
 from vq3d.models.sampling import sample
+from vq3d.train.stage2 import ids_per_position
 
 NUM_CLASSES = 10  # class-conditional, as for ImageNet-like data
 
 
-def _settings(long_tokens: int) -> dict[str, tuple[int, int, Stage2Config]]:
-    """name -> (vocab_size, seq_len, Stage2Config)."""
+def _settings(long_tokens: int) -> dict[str, tuple[int, int, Stage2Config, int]]:
+    """name -> (vocab_size, seq_len in ids, Stage2Config, ids a stream position)."""
     d = demo()
-    tokens = (d.data.resolution // d.model.patch_size) ** 2
+    grid = d.data.resolution // d.model.patch_size
+    info = {"seq_len": grid**2 * d.model.codebook_groups, "grid": grid}
     small = Stage2Config(layers=4, width=256, heads=4)
     return {
-        "demo": (d.model.codebook_size, tokens, d.stage2),
-        "long": (8192, long_tokens, small),
+        "demo": (d.model.codebook_size, info["seq_len"], d.stage2, ids_per_position(d, info)),
+        "long": (8192, long_tokens, small, 1),
     }
 
 
@@ -51,20 +54,22 @@ def _time_sampling(
 
 
 def run_setting(vocab: int, seq_len: int, cfg: Stage2Config, batch: int, seed: int = 0,
-                device: str = "cpu", uncached: bool = True) -> dict:
-    """Tokens per second of sampling with the KV cache (and without it, when `uncached`)."""
+                device: str = "cpu", uncached: bool = True, ids_per_token: int = 1) -> dict:
+    """Tokens (ids) per second of sampling with the KV cache (and without it, when `uncached`)."""
     torch.manual_seed(seed)
-    model = GPT(vocab, seq_len, NUM_CLASSES, cfg).eval().to(device)
+    model = GPT(vocab, seq_len, NUM_CLASSES, cfg, ids_per_token).eval().to(device)
     _time_sampling(model, batch, True, seed, min_seconds=0.0)  # warm-up (allocator, kernels)
     cached_s, cached_runs, cached_ids = _time_sampling(model, batch, True, seed)
     tokens = batch * seq_len
     if not uncached:
-        return {"seq_len": seq_len, "vocab_size": vocab, "layers": cfg.layers, "width": cfg.width,
-                "params": gpt_param_count(model), "batch": batch, "cached_seconds": round(cached_s, 4),
-                "cached_runs": cached_runs, "cached_tokens_per_s": round(tokens / cached_s, 1)}
+        return {"seq_len": seq_len, "ids_per_token": ids_per_token, "vocab_size": vocab, "layers": cfg.layers,
+                "width": cfg.width, "params": gpt_param_count(model), "batch": batch,
+                "cached_seconds": round(cached_s, 4), "cached_runs": cached_runs,
+                "cached_tokens_per_s": round(tokens / cached_s, 1)}
     uncached_s, uncached_runs, uncached_ids = _time_sampling(model, batch, False, seed)
     return {
         "seq_len": seq_len,
+        "ids_per_token": ids_per_token,
         "vocab_size": vocab,
         "layers": cfg.layers,
         "width": cfg.width,
@@ -102,10 +107,10 @@ def main(argv: list[str] | None = None) -> int:
         "machine": platform.machine(),
         "settings": {},
     }
-    for name, (vocab, seq_len, cfg) in _settings(args.long_tokens).items():
+    for name, (vocab, seq_len, cfg, ids_per_token) in _settings(args.long_tokens).items():
         if args.only and name != args.only:
             continue
-        results["settings"][name] = run_setting(vocab, seq_len, cfg, args.batch)
+        results["settings"][name] = run_setting(vocab, seq_len, cfg, args.batch, ids_per_token=ids_per_token)
     if "long" in results["settings"]:
         results["speedup"] = results["settings"]["long"]["speedup"]  # the headline: 1024 tokens
 

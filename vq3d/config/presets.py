@@ -89,11 +89,11 @@ def demo() -> Config:
         # "Stage 2: steps, guidance, mirrored tokens, dropout"; lr 2e-3: "Stage 2's learning rate
         # and Stage 1's share"
         # batch 16 of 128 ids (two ids a token), the 2,048 ids a step of 32 single-id sequences; a
-        # token's two ids at one position (the default stage2.group_ids): 0.5 bits an id lower on
+        # token's two ids at one position (stage2.group_ids): 0.5 bits an id lower on
         # held-out tokens than an id a position in the same minutes ("Five more ways through the
         # quantizer"; "Stage 2 over two ids a token")
         stage2=replace(paper_cfg.stage2, layers=4, width=128, heads=4, dropout=0.1, batch_size=16, lr=2e-3,
-                       warmup_steps=100, steps=3000, val_fraction=0.1),
+                       warmup_steps=100, steps=3000, val_fraction=0.1, group_ids="position"),
         sample=replace(paper_cfg.sample, guidance=3.0),
     )
 

@@ -263,11 +263,12 @@ class Stage2Config:
     warmup_steps: int = 5000
     steps: int = 450_000
     val_fraction: float = 0.02
-    # With several ids a token (model.codebook_groups > 1): "position" gives a token one stream
-    # position and reads its later ids off small depth steps (vq3d/models/gpt.py), so the
-    # transformer runs over h*w positions; "sequence" gives every id its own position (h*w*G). With
-    # one id a token, the paper's, the two are the same model.
-    group_ids: Literal["position", "sequence"] = "position"
+    # With several ids a token (model.codebook_groups > 1): "sequence" gives every id its own stream
+    # position (h*w*G); "position" gives a token one and reads its later ids off small depth steps
+    # (vq3d/models/gpt.py), so the transformer runs over h*w positions (the demo's). With one id a
+    # token, the paper's, the two are the same model. A config saved before the key reads "sequence",
+    # what its run was trained with.
+    group_ids: Literal["position", "sequence"] = "sequence"
 
 
 @dataclass

@@ -132,9 +132,10 @@ def probe_costs(cfg: Config, device: str = "cpu", batch: int = EVAL_BATCH, num_c
     render_batched = least(lambda: model.render(scene, model.canonical_cameras(batch, device))) / batch
     render_single = least(lambda: model.render(one, model.canonical_cameras(1, device)))
     encode = least(lambda: model.encode(images)) / batch
-    token_info = {"seq_len": model.tokens_per_image, "grid": model.grid, "codebook_size": cfg.model.codebook_size,
-                  "num_classes": num_classes}
-    gpt = build_gpt(cfg, token_info | {"ids_per_token": ids_per_position(cfg, token_info)}).to(device).eval()
+    token_info = {"seq_len": model.tokens_per_image, "grid": model.grid,
+                  "codebook_size": cfg.model.codebook_size, "num_classes": num_classes}
+    gpt = build_gpt(cfg, token_info | {"ids_per_token": ids_per_position(cfg, token_info)})
+    gpt = gpt.to(device).eval()
     labels = torch.zeros(1, dtype=torch.long, device=device)
     sample_sequence = least(lambda: sample(gpt, 1, labels, generator=torch.Generator(device).manual_seed(0)))
     batch_labels = torch.zeros(EVAL_BATCH, dtype=torch.long, device=device)

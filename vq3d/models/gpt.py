@@ -17,8 +17,9 @@ the VQ3D paper: "We follow the hyperparameters in the base model of VIM"). The l
 nanoGPT (pre-norm blocks, GELU MLP, learned positions, N(0, 0.02) init with residual projections
 scaled by 1/sqrt(2 * layers)). The output head is untied from the token embedding.
 
-`decode` runs the stream incrementally with a `KVCache` (preallocated per-layer key/value
-buffers), giving the same logits as the full forward pass; `vq3d.models.sampling` drives it.
+`stream` (and `decode`, its first-id logits) runs the stream incrementally with a `KVCache`
+(preallocated per-layer key/value buffers), giving the same states as the full forward pass;
+`vq3d.models.sampling` drives it, reading each id with `id_logits`.
 
 Several ids a token (`ids_per_token` G > 1, Stage 1's `model.codebook_groups` with
 `stage2.group_ids=position`): the stream holds one position per token, not per id, so its
@@ -71,7 +72,7 @@ class KVCache:
         return keys[:, :, :end], values[:, :, :end]
 
     def advance(self, n: int) -> None:
-        """Mark n more positions as stored (called once per `GPT.decode`, after every layer)."""
+        """Mark n more positions as stored (called once per `GPT.stream`, after every layer)."""
         self.length += n
 
 
@@ -255,7 +256,8 @@ class GPT(nn.Module, VQ3DHubMixin):
     ) -> torch.Tensor:
         """Append whole tokens to the input stream and return the processed positions' states.
 
-        ids (B, S*G) long: the ids of S tokens, token-major. If the stream is empty (no cache, or
+        ids (B, S*G) long in [0, V) (not checked: with G > 1 an id out of range reads another
+        group's row): the ids of S tokens, token-major. If the stream is empty (no cache, or
         cache.length == 0) the class/start embedding is prepended, so S+1 positions are processed
         and `labels` (B,) is used; otherwise `labels` is ignored (the class sits in the cache).
         Returns (B, S', C), S' = S or S+1, before the final norm: each predicts the next token.
@@ -266,7 +268,7 @@ class GPT(nn.Module, VQ3DHubMixin):
             raise ValueError(f"ids must hold whole tokens of {G} ids, got {n}")
         start = cache.length if cache is not None else 0
         groups = torch.arange(G, device=ids.device) * self.vocab_size  # each group's rows of tok_emb
-        x = self.tok_emb(ids.view(B, n // G, G) + groups).sum(2)  # (B, S, C)
+        x = self.tok_emb(ids.reshape(B, n // G, G) + groups).sum(2)  # (B, S, C)
         if start == 0:
             labels = self._check_labels(labels, B, ids.device)
             first = self.class_emb(labels)[:, None] if self.conditional else self.start_emb.expand(B, 1, -1)
@@ -322,7 +324,7 @@ class GPT(nn.Module, VQ3DHubMixin):
             labels = torch.where(drop, torch.full_like(labels, self.null_class), labels)
         state = self.stream(ids[:, :-G], labels)  # (B, T/G, C): position p predicts token p
         per_id = [self.head(self.ln_f(state))]
-        tokens = ids.view(B, T // G, G)
+        tokens = ids.reshape(B, T // G, G)
         for g, step in enumerate(self.depth):  # id g+1 of each token, from its true id g
             state, logits = step(state, tokens[..., g])
             per_id.append(logits)

@@ -139,7 +139,8 @@ def sample(
     """Sample n token sequences: -> ids (n, seq_len) long, on the model's device.
 
     labels (n,) long for a class-conditional model (None: the null class); ignored by an
-    unconditional one. seq_len (ids, whole tokens of model.ids_per_token) defaults to model.seq_len. guidance != 1 doubles the batch
+    unconditional one. seq_len (ids, whole tokens of model.ids_per_token) defaults to
+    model.seq_len. guidance != 1 doubles the batch
     (conditional + null class). Randomness comes from `generator` (on the model's device) or a
     new one seeded with `seed` (default 0); the global RNG is not used. The model runs in eval
     mode under no_grad; its train/eval mode is restored afterwards. `use_cache=False`

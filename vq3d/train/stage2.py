@@ -7,6 +7,7 @@ Reports validation loss and bits per token, beside the unigram entropy of the tr
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from pathlib import Path
@@ -15,18 +16,18 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from vq3d.config import Config, save_config
+from vq3d.config import Config, apply_overrides, save_config
 from vq3d.data.tokens import check_same_codebook, load_tokens, mirror_pairs
 from vq3d.errors import UserError
 from vq3d.models.gpt import GPT
 from vq3d.train.batches import batch_stream
-from vq3d.train.checkpoint import load_checkpoint
+from vq3d.train.checkpoint import latest_checkpoint, load_checkpoint
 from vq3d.train.core import TrainerCore
 from vq3d.train.distributed import broadcast_object, cleanup, reduce_metrics
 from vq3d.train.planner import FIT_PROBE, FitClock, stage2_steps_to_minutes
 from vq3d.train.run_control import RunControl
 from vq3d.train.schedule import lr_at, set_lr
-from vq3d.train.runs import prepare_run
+from vq3d.train.runs import is_run_folder, prepare_run, read_run_config
 from vq3d.utils.io import atomic_write_json
 
 
@@ -70,7 +71,21 @@ def ids_per_position(cfg: Config, info: dict) -> int:
 def build_gpt(cfg: Config, info: dict) -> GPT:
     """The GPT of a run: info is a token folder's or a run's stage2.json (ids_per_token: 1 if missing,
     what runs made before the key were)."""
-    return GPT(info["codebook_size"], info["seq_len"], info["num_classes"], cfg.stage2, info.get("ids_per_token", 1))
+    return GPT(info["codebook_size"], info["seq_len"], info["num_classes"], cfg.stage2,
+               info.get("ids_per_token", 1))
+
+
+def _check_resume_keeps_layout(run_dir: Path, cfg_for_resume: Config, info: dict) -> None:
+    """UserError, before anything in the run folder is rewritten, when a resumed run would give a
+    token another number of stream positions than its checkpoints hold (`stage2.group_ids`)."""
+    meta = run_dir / "stage2.json"
+    if not meta.is_file() or latest_checkpoint(run_dir) is None:
+        return
+    trained = json.loads(meta.read_text()).get("ids_per_token", 1)
+    asked = ids_per_position(cfg_for_resume, info)
+    if asked != trained:
+        raise UserError(f"{run_dir} was trained with {trained} id(s) a stream position, and this resume "
+                        f"asks for {asked}: keep its stage2.group_ids")
 
 
 @torch.no_grad()
@@ -142,6 +157,9 @@ def train_stage2(cfg: Config, tokens_dir: str | Path, run_dir: str | Path, resum
         check_same_codebook(stage1_run, info["codebook_hash"], f"the token folder {tokens_dir}")
     if info["num_classes"] and (labels.min() < 0 or labels.max() >= info["num_classes"]):
         raise UserError(f"labels in {tokens_dir} fall outside [0, {info['num_classes']})")
+    if resume and (Path(run_dir) / "config.yaml").is_file():
+        resumed = apply_overrides(read_run_config(run_dir), list(overrides))
+        _check_resume_keeps_layout(Path(run_dir), resumed, info)
     cfg, start = prepare_run(run_dir, cfg, resume, overrides)
     info["ids_per_token"] = ids_per_position(cfg, info)
     run_dir = Path(run_dir)
@@ -208,11 +226,6 @@ def train_stage2(cfg: Config, tokens_dir: str | Path, run_dir: str | Path, resum
 def load_stage2(run_dir: str | Path, device: torch.device | str = "cpu") -> tuple[GPT, Config, dict]:
     """A trained GPT (eval mode), its config and its stage2.json from a Stage-2 run folder, an
     exported folder (`vq3d export-run`) or a hub id in the local cache."""
-    import json
-
-    from vq3d.train.checkpoint import latest_checkpoint
-    from vq3d.train.runs import is_run_folder, read_run_config
-
     if not is_run_folder(run_dir):
         from vq3d.models.hub import hub_folder
 
