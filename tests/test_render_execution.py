@@ -43,8 +43,11 @@ def _train_render(cfg: RenderConfig, rays: int, seed: int = 0, count: bool = Fal
 def test_any_chunk_budget_renders_the_same_image_and_gradients(scatter):
     ref_out, ref_grads, _ = _train_render(replace(CFG, chunk_mb=1024.0, scatter="segment"), rays=300)
     out, grads, _ = _train_render(replace(CFG, chunk_mb=0.1, scatter=scatter), rays=300)  # ~70 points a chunk
+    # equal to fp32 rounding: the MLPs' matrix products sum in another order at another chunk size
+    # (on an AVX-512 CPU the weights moved by 3e-6 and the proposal's resampled edges by 2e-6; a
+    # chunk read at the wrong offset moves them by tenths)
     for name in ("rgb", "depth", "weights", "spacing_edges"):
-        assert torch.allclose(getattr(out, name), getattr(ref_out, name), atol=1e-6), name
+        assert torch.allclose(getattr(out, name), getattr(ref_out, name), atol=1e-5), name
     for got, want in zip(grads, ref_grads):
         assert torch.allclose(got, want, atol=1e-5, rtol=1e-4)
 
