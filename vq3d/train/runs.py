@@ -10,6 +10,7 @@ and loading a trained Stage-1 model back for evaluation, tokens, generation and 
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -31,11 +32,13 @@ def read_run_config(run_dir: str | Path) -> Config:
         raise UserError(f"{path} is not a valid vq3d config: {err}") from None
 
 
-def prepare_run(run_dir: str | Path, cfg: Config, resume: bool, overrides: list[str] = ()) -> tuple[Config, int]:
+def prepare_run(run_dir: str | Path, cfg: Config, resume: bool, overrides: list[str] = (),
+                check_resumed: Callable[[Config], None] | None = None) -> tuple[Config, int]:
     """Create or reopen a run folder. Returns (config to use, step to start from).
 
     A fresh run refuses a folder that already holds checkpoints (use --resume). A resumed run
-    uses the config saved in the folder, with the user's --set overrides applied on top. A run
+    uses the config saved in the folder, with the user's --set overrides applied on top;
+    `check_resumed` may refuse that config (raising) before anything in the folder is written. A run
     asked to resume that has no checkpoint yet (killed before its first, or never started) starts
     at step 0, saying so: with the config it was started with when the folder holds one, else
     with `cfg`. So a script may always pass --resume.
@@ -50,6 +53,8 @@ def prepare_run(run_dir: str | Path, cfg: Config, resume: bool, overrides: list[
         start = 0
     elif resume:
         cfg = apply_overrides(read_run_config(run_dir), list(overrides))
+        if check_resumed is not None:
+            check_resumed(cfg)
         start = int(load_state_only(ckpt)["step"])
     else:
         if ckpt is not None:

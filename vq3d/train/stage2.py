@@ -10,13 +10,14 @@ from __future__ import annotations
 import json
 import math
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from vq3d.config import Config, apply_overrides, save_config
+from vq3d.config import Config, save_config
 from vq3d.data.tokens import check_same_codebook, load_tokens, mirror_pairs
 from vq3d.errors import UserError
 from vq3d.models.gpt import GPT
@@ -75,14 +76,14 @@ def build_gpt(cfg: Config, info: dict) -> GPT:
                info.get("ids_per_token", 1))
 
 
-def _check_resume_keeps_layout(run_dir: Path, cfg_for_resume: Config, info: dict) -> None:
-    """UserError, before anything in the run folder is rewritten, when a resumed run would give a
-    token another number of stream positions than its checkpoints hold (`stage2.group_ids`)."""
+def _check_resume_keeps_layout(run_dir: Path, info: dict, resumed: Config) -> None:
+    """UserError when a run resumed from its checkpoints would give a token another number of
+    stream positions than they hold (`stage2.group_ids`); `prepare_run` asks before writing."""
     meta = run_dir / "stage2.json"
-    if not meta.is_file() or latest_checkpoint(run_dir) is None:
+    if not meta.is_file():
         return
     trained = json.loads(meta.read_text()).get("ids_per_token", 1)
-    asked = ids_per_position(cfg_for_resume, info)
+    asked = ids_per_position(resumed, info)
     if asked != trained:
         raise UserError(f"{run_dir} was trained with {trained} id(s) a stream position, and this resume "
                         f"asks for {asked}: keep its stage2.group_ids")
@@ -157,10 +158,8 @@ def train_stage2(cfg: Config, tokens_dir: str | Path, run_dir: str | Path, resum
         check_same_codebook(stage1_run, info["codebook_hash"], f"the token folder {tokens_dir}")
     if info["num_classes"] and (labels.min() < 0 or labels.max() >= info["num_classes"]):
         raise UserError(f"labels in {tokens_dir} fall outside [0, {info['num_classes']})")
-    if resume and (Path(run_dir) / "config.yaml").is_file():
-        resumed = apply_overrides(read_run_config(run_dir), list(overrides))
-        _check_resume_keeps_layout(Path(run_dir), resumed, info)
-    cfg, start = prepare_run(run_dir, cfg, resume, overrides)
+    cfg, start = prepare_run(run_dir, cfg, resume, overrides,
+                             check_resumed=partial(_check_resume_keeps_layout, Path(run_dir), info))
     info["ids_per_token"] = ids_per_position(cfg, info)
     run_dir = Path(run_dir)
     s2 = cfg.stage2
