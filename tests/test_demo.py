@@ -316,8 +316,9 @@ def test_default_dataset_shrinks_with_short_budgets():
     assert default_scene_count(3) == 900 and default_scene_count(0.5) == 200
 
 
-def _schedule(tmp_path, minutes, done=()):
-    """A Schedule over a fake demo folder whose phases `done` have finished."""
+def _schedule(tmp_path, minutes, done=(), optional=()):
+    """A Schedule over a fake demo folder whose phases `done` have finished (with the optional
+    phases `optional` listed after `generate`)."""
     layout = DemoLayout(tmp_path)
     for name in done:
         layout.marker(name).parent.mkdir(parents=True, exist_ok=True)
@@ -329,7 +330,7 @@ def _schedule(tmp_path, minutes, done=()):
                 "stage1_fraction": 0.7, "stage1_minutes": None, "stage2_minutes": None, "stage1_steps": None,
                 "stage2_steps": None}
     names = ["synth", "stage1", "eval_stage1", "reconstruct", "tokens", "stage2", "generate",
-             "eval_generation", "report"]
+             *optional, "eval_generation", "report"]
     display = PhaseDisplay([(n, n) for n in names], enabled=False)
     schedule = Schedule(layout, load_config("demo"), settings, OptionalSizes(), names, display)
     schedule.costs = UnitCosts(render_batched=0.05, render_single=0.1, encode=0.01, sample_sequence=0.5,
@@ -378,6 +379,18 @@ def test_slow_fixed_phases_raise_the_estimates_of_those_to_come(tmp_path):
     schedule.after_fixed_phase("eval_stage1", 3 * estimate)
     assert schedule.slowdown == pytest.approx(3.0)
     assert display.estimates["generate"] == pytest.approx(3 * generate_before)
+
+
+def test_the_feature_nets_minutes_neither_scale_nor_set_the_slowdown(tmp_path):
+    schedule, display = _schedule(tmp_path, minutes=15, optional=("features",))
+    box = schedule.optional.features_minutes * 60.0
+    features = display.estimates["features"]
+    assert features > box  # reading the views, then the time box
+    schedule.after_fixed_phase("features", 2 * features)  # bound by its own clock: says nothing
+    assert schedule.slowdown == 1.0
+    schedule.after_fixed_phase("eval_stage1", 3 * display.estimates["eval_stage1"])
+    assert schedule.slowdown == pytest.approx(3.0)
+    assert display.estimates["features"] == pytest.approx(3 * (features - box) + box)
 
 
 def test_a_slow_synth_phase_leaves_the_model_phases_estimates_alone(tmp_path):

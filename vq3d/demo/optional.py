@@ -90,6 +90,12 @@ def estimate_seconds(name: str, sizes: OptionalSizes, costs: Any, n_scenes: int,
     raise KeyError(name)
 
 
+def time_boxed_seconds(name: str, sizes: OptionalSizes) -> float:
+    """The part of an optional phase's estimate that its own clock bounds (the feature net trains
+    for at most `features_minutes`): a busy machine does not lengthen it."""
+    return sizes.features_minutes * 60.0 if name == "features" else 0.0
+
+
 def run_optional(name: str, layout: Any, sizes: OptionalSizes, seed: int, device: str,
                  progress: bool) -> tuple[dict[str, Any], list[str]]:
     """Run optional phase `name`; returns (result summary, equivalent commands)."""

@@ -17,7 +17,7 @@ from vq3d.config import Config
 from vq3d.data.raycast import SHAPES
 from vq3d.data.synthetic_writer import split_counts
 from vq3d.demo import plan
-from vq3d.demo.optional import OPTIONAL_PHASES, OptionalSizes, estimate_seconds
+from vq3d.demo.optional import OPTIONAL_PHASES, OptionalSizes, estimate_seconds, time_boxed_seconds
 from vq3d.demo.progress import PhaseDisplay, clock
 from vq3d.demo.state import DemoLayout, finished, read_json
 from vq3d.errors import UserError
@@ -47,7 +47,8 @@ class Schedule:
     # -- estimates -----------------------------------------------------------------------------
 
     def estimates(self) -> dict[str, float]:
-        """Seconds of every fixed phase at the effective sizes, times the slowdown; 0 when finished."""
+        """Seconds of every fixed phase at the effective sizes, times the slowdown (but the part its
+        own clock bounds); 0 when finished."""
         s, eff, r, costs = self.settings, self.sizes, self.cfg.render, self.costs
         card = read_json(self.layout.data / "dataset.json") or {}
         sizes = plan.DemoSizes(
@@ -68,7 +69,8 @@ class Schedule:
             else:
                 base = (fixed[name] if name in fixed else
                         estimate_seconds(name, self.optional, costs, s["n_scenes"], s["views"]))
-                out[name] = base * self.slowdown
+                boxed = time_boxed_seconds(name, self.optional)
+                out[name] = (base - boxed) * self.slowdown + boxed
         return out
 
     def _publish(self, estimates: dict[str, float]) -> None:
@@ -252,8 +254,9 @@ class Schedule:
         estimate = self.display.estimates.get(name, 0.0) / self.slowdown
         # the synth phase is timed by its own probe (numpy ray casting and file writes), so its
         # error says nothing of the model phases: counted, it once scaled them all by 1.75 and
-        # took 48 s from Stage 1, whose budget is set right after it
-        if name in SELF_TIMED_PHASES or estimate <= 0:
+        # took 48 s from Stage 1, whose budget is set right after it; a phase bound mostly by its
+        # own clock (the feature net's minutes) says little of them either
+        if name in SELF_TIMED_PHASES or time_boxed_seconds(name, self.optional) > 0 or estimate <= 0:
             return
         self._measured[name] = (seconds, estimate)
         measured = sum(m for m, _ in self._measured.values())
