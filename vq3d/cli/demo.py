@@ -33,7 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--stage1-steps", type=int, help="also stop Stage 1 after this many steps")
     p.add_argument("--stage2-steps", type=int, help="also stop Stage 2 after this many steps")
     p.add_argument("--stage1-fraction", type=float,  # None: vq3d.demo.plan.STAGE1_FRACTION (no torch import here)
-                   help="Stage 1's share of the training time (default 0.88; Stage 2 gets the rest)")
+                   help="Stage 1's share of the training time (default 0.9; Stage 2 gets the rest)")
     p.add_argument("--eval-scenes", type=int, default=200,
                    help="held-out scenes evaluated (0 = all; default 200)")
     p.add_argument("--recon-scenes", type=int, default=4,
