@@ -295,13 +295,17 @@ class GPT(nn.Module, VQ3DHubMixin):
         x = self.stream(ids, labels, cache)
         if last_only:
             x = x[:, -1:]
-        return self.head(self.ln_f(x))  # (B, S', V)
+        return self.first_id_logits(x)  # (B, S', V)
+
+    def first_id_logits(self, state: torch.Tensor) -> torch.Tensor:
+        """state (..., C) a position's stream output -> logits (..., V) of its token's first id."""
+        return self.head(self.ln_f(state))
 
     def id_logits(self, state: torch.Tensor, given: torch.Tensor) -> torch.Tensor:
         """Logits of a token's id g: state (B, C) its position's output, given (B, g) long the
         token's ids 0..g-1 already drawn -> (B, V)."""
         if given.shape[1] == 0:
-            return self.head(self.ln_f(state))
+            return self.first_id_logits(state)
         for g in range(given.shape[1]):
             state, logits = self.depth[g](state, given[:, g])
         return logits
@@ -323,7 +327,7 @@ class GPT(nn.Module, VQ3DHubMixin):
             drop = torch.rand(B, device=ids.device) < self.class_dropout
             labels = torch.where(drop, torch.full_like(labels, self.null_class), labels)
         state = self.stream(ids[:, :-G], labels)  # (B, T/G, C): position p predicts token p
-        per_id = [self.head(self.ln_f(state))]
+        per_id = [self.first_id_logits(state)]
         tokens = ids.reshape(B, T // G, G)
         for g, step in enumerate(self.depth):  # id g+1 of each token, from its true id g
             state, logits = step(state, tokens[..., g])
